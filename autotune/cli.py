@@ -1,0 +1,65 @@
+"""`autotune` command line: one subcommand per module.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`; it is
+imported only when its command runs, so `autotune bench` never pays for plotly or Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tune": ("autotune.tune", "run a tuning study from a TOML spec"),
+    "bench": ("autotune.bench.cli", "measure one config; prints one JSON result line"),
+    "best": ("autotune.best", "show the best config per context length"),
+    "export": ("autotune.export", "write the runner defaults file"),
+    "report": ("autotune.report", "write a self-contained HTML report"),
+    "dashboard": ("autotune.dashboard", "serve optuna-dashboard on the store"),
+    "generate": ("autotune.generate", "generate text with the exported defaults"),
+    "sweep": ("autotune.sweep", "measure every valid config into a surface file"),
+    "replay": ("autotune.replay.cli", "compare strategies on a recorded surface"),
+    "compare-official": ("autotune.compare_official", "measure against the official xLSTM kernels"),
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, never as a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotune", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help or the "invalid choice" error
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"autotune: the '{name}' command is not available in this build", file=sys.stderr)
+            return 2
+        raise
+    sub = argparse.ArgumentParser(prog=f"autotune {name}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"autotune {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autotune {name}: interrupted", file=sys.stderr)
+        return 130
