@@ -1,0 +1,3 @@
+from autotune.bench.main import main
+
+raise SystemExit(main())

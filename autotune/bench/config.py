@@ -1,0 +1,177 @@
+"""The benchmark's input: one flat JSON object, validated into a BenchConfig.
+
+Every field but `shape` has a default. Every error names the field and what would fix
+it; an unknown field is an error (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.bench.errors import InvalidConfig
+
+DTYPES = ("float32", "bfloat16")
+BACKENDS = ("sequential", "queued", "ray")
+_DEVICE_RE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    shape: str
+    dtype: str = "float32"
+    device: str = "auto"
+    backend: str = "sequential"
+    workers: int = 1
+    heads_per_band: int | None = None  # None: all heads in one band
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    T_inner: int | None = None  # None: chunk_size (one kernel call per chunk)
+    context: int = 2048
+    new_tokens: int = 16
+    batch: int = 1
+    repeats: int = 3
+    seed: int = 0
+    time_limit_s: float = 600.0
+    compile: bool = False  # torch.compile the T_inner kernel (compile time is warm-up)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BenchConfig":
+        """Validate a decoded JSON object; defaults filled in, knobs resolved for the shape."""
+        if not isinstance(data, dict):
+            raise InvalidConfig(None, f"the config must be a JSON object, got {type(data).__name__}")
+        names = cls.field_names()
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InvalidConfig(
+                unknown[0], f"unknown field; valid fields are {', '.join(names)}"
+            )
+        if "shape" not in data:
+            raise InvalidConfig("shape", "missing; give a model shape name, e.g. \"tiny\" or \"125m\"")
+
+        values = {name: data[name] for name in names if name in data and data[name] is not None}
+        shape = _choice(values, "shape", _shape_names())
+        dtype = _choice(values, "dtype", DTYPES, cls.dtype)
+        backend = _choice(values, "backend", BACKENDS, cls.backend)
+        device = _string(values, "device", cls.device)
+        if not _DEVICE_RE.match(device):
+            raise InvalidConfig("device", f"{device!r} is not a device; use cpu, cuda, cuda:N, mps or auto")
+
+        num_heads = _num_heads(shape)
+        workers = _int(values, "workers", cls.workers, minimum=1)
+        heads_per_band = _int(values, "heads_per_band", num_heads, minimum=1)
+        if num_heads % heads_per_band:
+            raise InvalidConfig(
+                "heads_per_band",
+                f"{heads_per_band} does not divide the {num_heads} heads of shape {shape!r}; "
+                f"use one of {_divisors(num_heads)}",
+            )
+        chunk_size = _int(values, "chunk_size", cls.chunk_size, minimum=1)
+        T_inner = _int(values, "T_inner", chunk_size, minimum=1)
+        if chunk_size % T_inner:
+            raise InvalidConfig(
+                "T_inner", f"{T_inner} does not divide chunk_size {chunk_size}; use one of {_divisors(chunk_size)}"
+            )
+        time_limit_s = _number(values, "time_limit_s", cls.time_limit_s)
+        if not time_limit_s > 0:
+            raise InvalidConfig("time_limit_s", f"must be > 0 seconds, got {time_limit_s}")
+        compile_ = values.get("compile", cls.compile)
+        if not isinstance(compile_, bool):
+            raise InvalidConfig("compile", f"must be true or false, got {compile_!r}")
+
+        return cls(
+            shape=shape,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            workers=workers,
+            heads_per_band=heads_per_band,
+            chunk_size=chunk_size,
+            T_inner=T_inner,
+            context=_int(values, "context", cls.context, minimum=1),
+            new_tokens=_int(values, "new_tokens", cls.new_tokens, minimum=1),
+            batch=_int(values, "batch", cls.batch, minimum=1),
+            repeats=_int(values, "repeats", cls.repeats, minimum=1),
+            seed=_int(values, "seed", cls.seed, minimum=0),
+            time_limit_s=float(time_limit_s),
+            compile=compile_,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "BenchConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidConfig(None, f"malformed JSON ({exc}); pass one JSON object, e.g. '{{\"shape\": \"tiny\"}}'") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def knobs(self):
+        from schedulers import Knobs
+
+        return Knobs(
+            workers=self.workers,
+            heads_per_band=self.heads_per_band,
+            chunk_size=self.chunk_size,
+            T_inner=self.T_inner,
+        )
+
+
+def _shape_names() -> tuple[str, ...]:
+    from kernels.model import SHAPES
+
+    return tuple(SHAPES)
+
+
+def _num_heads(shape: str) -> int:
+    from kernels.model import get_config
+
+    return int(get_config(shape).num_heads)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _choice(values: dict, name: str, choices, default=None):
+    value = values.get(name, default)
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidConfig(name, f"{value!r} is not valid; use one of {', '.join(choices)}")
+    return value
+
+
+def _string(values: dict, name: str, default: str) -> str:
+    value = values.get(name, default)
+    if not isinstance(value, str):
+        raise InvalidConfig(name, f"must be a string, got {value!r}")
+    return value
+
+
+def _int(values: dict, name: str, default: int, *, minimum: int) -> int:
+    value = values.get(name, default)
+    # bool is an int subclass; 64.0 from a JSON writer is accepted as 64.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidConfig(name, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise InvalidConfig(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(values: dict, name: str, default: float) -> float:
+    value = values.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidConfig(name, f"must be a finite number, got {value!r}")
+    return value
