@@ -1,0 +1,73 @@
+"""Search strategies, each an Optuna sampler over the valid configs of a space.
+
+    sampler = make_sampler("portfolio", space, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+
+Every trial then suggests each knob with `trial.suggest_categorical(knob,
+space.values[knob])` in `space.knob_names` order and gets a config no trial of the
+study holds yet; the user attr 'strategy' names who proposed it. When nothing is left,
+the suggestion raises `SpaceExhausted` (check `sampler.remaining(study)` first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from autotune.space import DiscreteSpace
+from autotune.strategies.bandit import BanditStrategy
+from autotune.strategies.base import STRATEGY_ATTR, Proposal, SpaceExhausted, Strategy, StrategySampler
+from autotune.strategies.boltzmann import BoltzmannStrategy
+from autotune.strategies.genetic import GeneticStrategy
+from autotune.strategies.history import History
+from autotune.strategies.portfolio import PortfolioStrategy
+from autotune.strategies.random_search import RandomStrategy
+
+DEFAULT_STRATEGY = "portfolio"
+PORTFOLIO_MEMBERS = ("genetic", "bandit", "boltzmann", "random")
+
+_SINGLE: dict[str, Callable[..., Strategy]] = {
+    "random": RandomStrategy,
+    "genetic": GeneticStrategy,
+    "bandit": BanditStrategy,
+    "boltzmann": BoltzmannStrategy,
+}
+STRATEGY_NAMES = (*_SINGLE, "portfolio")
+
+
+def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> Strategy:
+    """A bare strategy (no Optuna) seeded from `seed`.
+
+    options: per strategy name, keyword hyperparameters (e.g. {"boltzmann": {"t_start": 0.3}});
+    the portfolio passes its members' options on to them.
+    """
+    options = options or {}
+    seq = np.random.SeedSequence(seed)
+    if name == "portfolio":
+        member_seeds = seq.spawn(len(PORTFOLIO_MEMBERS) + 1)
+        members = [
+            _SINGLE[m](space, np.random.default_rng(s), **options.get(m, {}))
+            for m, s in zip(PORTFOLIO_MEMBERS, member_seeds[1:])
+        ]
+        return PortfolioStrategy(space, np.random.default_rng(member_seeds[0]), members,
+                                 **options.get("portfolio", {}))
+    if name not in _SINGLE:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
+    return _SINGLE[name](space, np.random.default_rng(seq), **options.get(name, {}))
+
+
+def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None) -> StrategySampler:
+    """The Optuna sampler for strategy `name` over `space` (see the module docstring)."""
+    return StrategySampler(space, make_strategy(name, space, seed, options), seed=seed)
+
+
+__all__ = [
+    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS",
+    "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
+    "Proposal", "RandomStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
+    "make_sampler", "make_strategy",
+]

@@ -1,0 +1,65 @@
+"""Boltzmann: softmax over the free configs with an annealed temperature.
+
+Each free config gets a predicted utility from what has been measured: the mean of its
+measured neighbours where it has any, blended with an additive model of per-knob-value
+means (shrunk towards 0.5 while a value has few observations). A proposal samples a
+config with probability proportional to exp(prediction / T); T falls as trials
+accumulate, moving from exploring to exploiting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autotune.space import DiscreteSpace
+from autotune.strategies.bandit import arm_statistics
+from autotune.strategies.base import Proposal, Strategy
+from autotune.strategies.history import History
+
+
+def predicted_utility(space: DiscreteSpace, history: History, candidates: np.ndarray, *,
+                      shrink: float, neighbour_weight: float) -> np.ndarray:
+    """Predicted utility in [0, 1] for each candidate config index."""
+    u = history.utility()
+    seen = history.observed
+    prior = float(np.mean(u[seen])) if len(seen) else 0.5
+    additive = np.full(len(candidates), prior)
+    for k, (sums, counts) in enumerate(arm_statistics(space, history)):
+        value_mean = (sums + shrink * prior) / (counts + shrink)
+        additive += value_mean[space.coords[candidates, k]] - prior
+    additive = np.clip(additive, 0.0, 1.0)
+    if not len(seen) or neighbour_weight <= 0:
+        return additive
+    padded = np.append(u, np.nan)  # the neighbour matrix pads with len(space)
+    nb = padded[space.neighbour_matrix()[candidates]]
+    known = ~np.isnan(nb)
+    n_known = known.sum(axis=1)
+    nb_mean = np.where(n_known > 0, np.where(known, nb, 0.0).sum(axis=1) / np.maximum(n_known, 1), additive)
+    # trust the neighbours more the more of them are known
+    w = neighbour_weight * n_known / (n_known + 1.0)
+    return (1.0 - w) * additive + w * nb_mean
+
+
+class BoltzmannStrategy(Strategy):
+    name = "boltzmann"
+
+    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, t_start: float = 0.2,
+                 t_end: float = 0.02, horizon: int = 60, shrink: float = 2.0, neighbour_weight: float = 0.6):
+        super().__init__(space, rng)
+        self.t_start, self.t_end, self.horizon = t_start, t_end, horizon
+        self.shrink, self.neighbour_weight = shrink, neighbour_weight
+
+    def temperature(self, n_observed: int) -> float:
+        """Geometric annealing from t_start to t_end over `horizon` observations, then flat."""
+        progress = min(1.0, n_observed / max(1, self.horizon))
+        return self.t_start * (self.t_end / self.t_start) ** progress
+
+    def propose(self, history: History) -> Proposal:
+        free = history.free_indices()
+        pred = predicted_utility(self.space, history, free, shrink=self.shrink,
+                                 neighbour_weight=self.neighbour_weight)
+        temp = self.temperature(len(history.observed))
+        logits = (pred - pred.max()) / temp
+        p = np.exp(logits)
+        p /= p.sum()
+        return Proposal(int(free[self.rng.choice(len(free), p=p)]), self.name)
