@@ -1,0 +1,217 @@
+"""`autotune export`: write the runner defaults file from the store.
+
+For each study (one per shape, device kind, backends, context length) one table row:
+the confirmed winner when the study's confirmation says it beat the baseline beyond
+noise, else the baseline config (the runner's default stays). Rows are grouped into
+entries per (shape, device_kind, backend, dtype); see autotune/defaults.py for the
+schema. The file is written atomically: a reader sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.best import (
+    KNOBS,
+    StudyView,
+    add_store_arguments,
+    load_views,
+    metric_medians,
+    open_storage,
+    storage_from_args,
+)
+from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
+
+# Verdict words a confirmation may use for "the winner beat the baseline".
+_WIN = {"tuned", "winner", "win", "accepted", "confirmed", "significant", "improved", "beats_baseline"}
+_KEEP = {"baseline", "keep_baseline", "rejected", "not_significant", "no_improvement", "inconclusive"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which trial's config becomes the default for one study, and why."""
+
+    trial: Any  # optuna FrozenTrial
+    source: str  # 'tuned' (confirmed winner), 'baseline', or 'unconfirmed' (best, no confirmation)
+    reason: str
+
+
+def _trial_number(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict):
+        for key in ("trial", "number", "trial_number"):
+            if isinstance(value.get(key), int) and not isinstance(value.get(key), bool):
+                return value[key]
+    return None
+
+
+def read_confirmation(confirmation: Any) -> tuple[bool | None, int | None]:
+    """(winner beat the baseline?, winner trial number) from a study's 'confirmation' attr.
+
+    None for the first item when there is no readable verdict.
+    """
+    if not isinstance(confirmation, dict):
+        return None, None
+    winner = None
+    for key in ("winner", "winner_trial", "best", "best_trial"):
+        winner = _trial_number(confirmation.get(key))
+        if winner is not None:
+            break
+    verdict = confirmation.get("verdict")
+    if isinstance(verdict, dict):  # {"verdict": {"beats_baseline": ..., "winner": n}}
+        beats, inner = read_confirmation(verdict)
+        return beats, winner if winner is not None else inner
+    for key in ("beats_baseline", "significant", "accepted", "winner_beats_baseline"):
+        if isinstance(confirmation.get(key), bool):
+            return confirmation[key], winner
+    if isinstance(verdict, str):
+        word = verdict.strip().lower().replace("-", "_").replace(" ", "_")
+        if word in _WIN:
+            return True, winner
+        if word in _KEEP:
+            return False, winner
+    return None, winner
+
+
+def decide(view: StudyView, *, allow_unconfirmed: bool) -> Decision | None:
+    """The trial whose config is exported for this study, or None when there is none."""
+    baseline, best = view.baseline, view.best
+    beats, winner_number = read_confirmation(view.user_attrs.get("confirmation"))
+    if beats is True:
+        winner = view.trial(winner_number) if winner_number is not None else best
+        if winner is not None and winner.params:
+            return Decision(winner, "tuned", f"trial #{winner.number} beat the baseline in confirmation")
+    if beats is False and baseline is not None:
+        return Decision(baseline, "baseline", "the winner did not beat the baseline significantly")
+    if beats is None and allow_unconfirmed and best is not None:
+        return Decision(best, "unconfirmed", "no confirmation yet; best trial exported (--unconfirmed)")
+    if baseline is not None:
+        why = "no confirmation yet" if beats is None else "the confirmed winner is not in the study"
+        return Decision(baseline, "baseline", why)
+    return None
+
+
+def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """(the defaults document, notes for the user) from the studies."""
+    entries: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = {}
+    notes = []
+    for view in views:
+        decision = decide(view, allow_unconfirmed=allow_unconfirmed)
+        if decision is None:
+            notes.append(f"{view.name}: no completed baseline or trial; no row (nearby contexts are used)")
+            continue
+        trial = decision.trial
+        backend = view.backend_of(trial)
+        row = {
+            "context": view.key.context,
+            "config": {k: trial.params[k] for k in KNOBS if k in trial.params},
+            "metrics": metric_medians(trial.user_attrs.get("metrics")),
+            "trial": trial.number,
+            "study": view.name,
+            "score": trial.value,
+            "strategy": trial.user_attrs.get("strategy"),
+            "source": decision.source,
+        }
+        if len(row["config"]) != len(KNOBS):
+            notes.append(f"{view.name}: trial #{trial.number} lacks knobs {sorted(set(KNOBS) - set(row['config']))}; no row")
+            continue
+        if decision.source != "tuned":
+            notes.append(f"{view.name}: {decision.reason}")
+        table = entries.setdefault((view.key.shape, view.key.device_kind, backend, view.dtype), {})
+        previous = table.get(view.key.context)
+        # Two studies (e.g. 'queued' and 'queued+ray') can cover one context: keep the higher score.
+        if previous is None or (row["score"] or 0.0) > (previous["score"] or 0.0):
+            table[view.key.context] = row
+    document = {
+        "schema_version": SCHEMA_VERSION,
+        "entries": [
+            {
+                "shape": shape,
+                "device_kind": device_kind,
+                "backend": backend,
+                "dtype": dtype,
+                "table": [table[c] for c in sorted(table)],
+            }
+            for (shape, device_kind, backend, dtype), table in sorted(entries.items())
+        ],
+    }
+    return document, notes
+
+
+def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """New entries replace old ones of the same (shape, device_kind, backend, dtype)."""
+    def key(e: dict[str, Any]) -> tuple:
+        return (e.get("shape"), e.get("device_kind"), e.get("backend"), e.get("dtype"))
+
+    fresh = {key(e) for e in new["entries"]}
+    kept = [e for e in old.get("entries", []) if isinstance(e, dict) and key(e) not in fresh]
+    return {"schema_version": SCHEMA_VERSION, "entries": kept + new["entries"]}
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_store_arguments(parser)
+    parser.add_argument("--out", metavar="FILE", default=str(DEFAULT_PATH), help=f"defaults file to write (default: {DEFAULT_PATH})")
+    parser.add_argument(
+        "--unconfirmed", action="store_true",
+        help="for studies without a confirmation (an interrupted run), export their best trial "
+        "instead of keeping the baseline",
+    )
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the entries of an existing --out file for other shapes/devices/backends",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from autotune.cli import UserError
+    from autotune.defaults import load_entries
+
+    url, keep = storage_from_args(args)
+    views = load_views(open_storage(url), keep)
+    if not views:
+        raise UserError(f"the store {url} holds no tuning studies yet; run `autotune tune --study FILE` first")
+    fresh, notes = build_defaults(views, allow_unconfirmed=args.unconfirmed)
+    document = fresh
+    out = Path(args.out)
+    if args.merge and out.exists():
+        try:
+            old = {"entries": load_entries(out)}
+        except ValueError as exc:
+            raise UserError(f"cannot merge into {out}: {exc}") from None
+        document = merge_documents(old, fresh)
+    write_atomic(out, json.dumps(document, indent=2, sort_keys=False) + "\n")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    rows = sum(len(e["table"]) for e in document["entries"])
+    print(f"wrote {out}: {len(document['entries'])} entries, {rows} context rows")
+    for entry in fresh["entries"]:
+        for row in entry["table"]:
+            knobs = " ".join(f"{k}={row['config'][k]}" for k in KNOBS)
+            print(f"  {entry['shape']}/{entry['device_kind']}/{entry['backend']}/{entry['dtype']} "
+                  f"L{row['context']}: {knobs} ({row['source']}, trial #{row['trial']})")
+    return 0

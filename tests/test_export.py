@@ -1,0 +1,166 @@
+"""`autotune best` and `autotune export` on stores laid out as the tuner writes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autotune.best import load_views, open_storage, parse_study_name
+from autotune.cli import main
+from autotune.defaults import DefaultsWarning, pick_choice
+from autotune.export import build_defaults, read_confirmation, write_atomic
+from outputs_fixtures import BASELINE, WINNER_16, WINNER_64, add_study, make_trial, standard_store
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def export(url: str, out, *extra: str) -> dict:
+    assert main(["export", "--storage", url, "--out", str(out), *extra]) == 0
+    return json.loads(out.read_text())
+
+
+def test_study_names_parse_as_the_contract_writes_them():
+    key = parse_study_name("350m/cuda/queued+ray/L2048")
+    assert (key.shape, key.device_kind, key.backends, key.context) == ("350m", "cuda", ("queued", "ray"), 2048)
+    assert parse_study_name("someone-elses-study") is None
+    assert parse_study_name("tiny/cpu/queued/2048") is None
+
+
+def test_best_prints_a_row_per_context_with_the_feasible_winner(tmp_path, capsys):
+    url = standard_store(tmp_path)
+    assert main(["best", "--storage", url]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("L")}
+    assert set(rows) == {"L16", "L64"}
+    # The infeasible trial scores higher (value + 1) but is below the recall floor.
+    assert "workers=2 heads_per_band=2 chunk_size=32 T_inner=16" in rows["L64"]
+    assert "3.800" in rows["L64"] and "genetic" in rows["L64"] and "#14" in rows["L64"]
+    assert rows["L64"].rstrip().endswith("tuned") and rows["L16"].rstrip().endswith("baseline")
+    assert "1,400.0" in rows["L64"]  # prefill median of the winner
+
+
+def test_export_honours_the_confirmation_verdict(tmp_path):
+    url = standard_store(tmp_path)
+    doc = export(url, tmp_path / "defaults.json")
+    assert doc["schema_version"] == 1
+    (entry,) = doc["entries"]
+    assert (entry["shape"], entry["device_kind"], entry["backend"], entry["dtype"]) == ("tiny", "cpu", "queued", "float32")
+    rows = {row["context"]: row for row in entry["table"]}
+    assert [row["context"] for row in entry["table"]] == [16, 64]
+    # L64's winner beat the baseline: it is the default.
+    assert rows[64]["config"] == WINNER_64 and rows[64]["source"] == "tuned"
+    assert rows[64]["study"] == "tiny/cpu/queued/L64" and rows[64]["trial"] == 14
+    assert rows[64]["metrics"]["decode_tok_s"] == pytest.approx(140.0)
+    # L16's winner did not: the baseline (trial 0) stays the default.
+    assert rows[16]["config"] == dict(BASELINE, chunk_size=16, T_inner=16)
+    assert rows[16]["source"] == "baseline" and rows[16]["trial"] == 0
+
+
+def test_unconfirmed_studies_keep_the_baseline_unless_asked(tmp_path):
+    url = standard_store(tmp_path, confirm_64=None, confirm_16=None)
+    rows = {r["context"]: r for r in export(url, tmp_path / "a.json")["entries"][0]["table"]}
+    assert rows[64]["source"] == "baseline" and rows[64]["trial"] == 0
+    rows = {r["context"]: r for r in export(url, tmp_path / "b.json", "--unconfirmed")["entries"][0]["table"]}
+    assert rows[64]["config"] == WINNER_64 and rows[64]["source"] == "unconfirmed"
+    assert rows[16]["config"] == WINNER_16
+
+
+@pytest.mark.parametrize("confirmation, expected", [
+    ({"verdict": "tuned", "winner": {"trial": 7}}, (True, 7)),
+    ({"verdict": "baseline", "winner": 7}, (False, 7)),
+    ({"beats_baseline": True, "winner_trial": 3}, (True, 3)),
+    ({"verdict": {"beats_baseline": False}}, (False, None)),
+    ({"candidates": []}, (None, None)),
+    (None, (None, None)),
+])
+def test_confirmation_verdicts_are_read(confirmation, expected):
+    assert read_confirmation(confirmation) == expected
+
+
+def test_multi_backend_study_files_the_row_under_the_winning_backend(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    base = dict(BASELINE, backend="queued")
+    win = dict(WINNER_64, backend="ray")
+    add_study(storage, "tiny/cpu/queued+ray/L64", [
+        make_trial(base, 3.0, strategy="baseline", baseline=True),
+        make_trial(win, 3.6, strategy="bandit", prefill=1300, decode=130),
+    ], confirmation={"verdict": "tuned", "winner": {"trial": 1}})
+    doc, _ = build_defaults(load_views(storage))
+    (entry,) = doc["entries"]
+    assert entry["backend"] == "ray" and entry["table"][0]["config"] == WINNER_64
+
+
+def test_study_without_a_completed_baseline_gets_no_row(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    add_study(storage, "tiny/cpu/queued/L32", [
+        make_trial(BASELINE, None, strategy="baseline", baseline=True, state=TrialState.FAIL),
+    ])
+    doc, notes = build_defaults(load_views(storage))
+    assert doc["entries"] == [] and "no completed baseline" in notes[0]
+
+
+def test_export_then_pick_round_trip(tmp_path):
+    url = standard_store(tmp_path)
+    out = tmp_path / "defaults.json"
+    export(url, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DefaultsWarning)
+        choice = pick_choice("tiny", "cpu", "queued", 40, out, num_heads=4)
+    assert choice.config == WINNER_64 and choice.context == 64 and choice.source == "file"
+
+
+def test_merge_keeps_other_entries_and_replaces_matching_ones(tmp_path):
+    url = standard_store(tmp_path)
+    out = tmp_path / "defaults.json"
+    other = {"shape": "350m", "device_kind": "cuda", "backend": "queued", "dtype": "bfloat16",
+             "table": [{"context": 2048, "config": dict(BASELINE), "metrics": {}, "trial": 0, "study": "x"}]}
+    stale = {"shape": "tiny", "device_kind": "cpu", "backend": "queued", "dtype": "float32", "table": []}
+    out.write_text(json.dumps({"schema_version": 1, "entries": [other, stale]}))
+    doc = export(url, out, "--merge")
+    keys = [(e["shape"], e["device_kind"]) for e in doc["entries"]]
+    assert keys == [("350m", "cuda"), ("tiny", "cpu")]
+    assert len(doc["entries"][1]["table"]) == 2
+    assert len(export(url, out)["entries"]) == 1  # without --merge the file is replaced
+
+
+def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "defaults.json"
+    path.write_text("old")
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError):
+        write_atomic(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["defaults.json"]  # no temporary left behind
+
+
+def test_missing_store_and_bad_url_are_one_line_errors(tmp_path, capsys):
+    assert main(["best", "--storage", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no store at" in err and "autotune tune" in err and "Traceback" not in err
+    assert not (tmp_path / "none.db").exists()  # looking did not create an empty store
+    assert main(["export", "--storage", "not a url", "--out", str(tmp_path / "d.json")]) == 2
+    assert "is not a database URL" in capsys.readouterr().err
+
+
+def test_store_without_tuning_studies_is_an_error(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    optuna.create_study(study_name="unrelated", storage=url)
+    assert main(["export", "--storage", url, "--out", str(tmp_path / "d.json")]) == 2
+    assert "no tuning studies" in capsys.readouterr().err
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_open_storage_refuses_memory_sqlite():
+    from autotune.cli import UserError
+
+    with pytest.raises(UserError, match="no store"):
+        open_storage("sqlite:///:memory:")
