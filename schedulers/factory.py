@@ -1,0 +1,40 @@
+"""make_scheduler: a backend by name."""
+
+from __future__ import annotations
+
+import torch
+
+from schedulers.base import DEFAULT_WATCHDOG_S, Scheduler
+from schedulers.cell import Kernel
+from schedulers.plan import Knobs
+
+BACKENDS = ("sequential", "queued", "ray")
+
+
+def make_scheduler(backend: str, knobs: Knobs, *, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, compile: bool = False,
+                   address: str | None = None, watchdog_s: float = DEFAULT_WATCHDOG_S,
+                   kernel: Kernel | None = None) -> Scheduler:
+    """A scheduler for `backend` ('sequential' | 'queued' | 'ray').
+
+    dtype is the dtype of q, k, v (the model's weight dtype). address (ray only) joins
+    an existing Ray cluster; without it a local Ray instance is started and shut down by
+    close(). watchdog_s bounds one task (queued, ray). kernel replaces the mLSTM kernel
+    (mlstm_block's signature) for fault injection and instrumentation.
+    """
+    common = dict(device=device, dtype=dtype, compile=compile, kernel=kernel, watchdog_s=watchdog_s)
+    if backend != "ray" and address is not None:
+        raise ValueError(f"address is a Ray option; backend {backend!r} takes none")
+    if backend == "sequential":
+        from schedulers.sequential import SequentialScheduler
+
+        return SequentialScheduler(knobs, **common)
+    if backend == "queued":
+        from schedulers.queued import QueuedScheduler
+
+        return QueuedScheduler(knobs, **common)
+    if backend == "ray":
+        from schedulers.ray_actors import RayScheduler
+
+        return RayScheduler(knobs, address=address, **common)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
