@@ -1,0 +1,199 @@
+"""Confirmation: after the search, is the best config really better than the baseline?
+
+The search measured each config once with few repeats, and its best score is the
+maximum of many noisy numbers, so it is biased upwards. The top `top_k` feasible
+configs that scored above the baseline are measured again, with more repeats, together
+with the baseline; per repeat a score is formed (objective.score_samples). The
+candidate with the highest median is the winner if a one-sided Mann-Whitney U test of
+its samples against the baseline's gives p * k < alpha (Bonferroni over the k
+candidates, since the winner is picked after looking). Otherwise the baseline stays
+the default.
+
+The verdict is stored as the study user attr 'confirmation' (export reads it):
+
+    {"verdict": "improved" | "baseline",
+     "beats_baseline": bool,
+     "winner": trial number of the default below,
+     "reason": str,
+     "default": {"trial": n, "config": {knobs}, "source": "tuned" | "baseline"},
+     "p_value": float | None, "p_adjusted": float | None, "alpha": float,
+     "repeats": int, "top_k": int, "n_finished": int, "measured_at": ISO time,
+     "baseline": {"trial", "config", "ok", "median", "samples", "metrics", ...},
+     "candidates": [{"trial", "config", "search_score", "ok", "median", "samples",
+                     "p_value", "metrics" | "error_kind", "error_message"}, ...]}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import mannwhitneyu
+
+from autotune.objective import Baseline, recall_of, score_samples
+from autotune.spec import ConfirmationSpec, ObjectiveSpec
+from autotune.trials import TrialOutcome
+
+ATTR = "confirmation"
+# measure(params, repeats) -> outcome; returns None when the user cancelled it.
+Measure = Callable[[dict[str, Any], int], "TrialOutcome | None"]
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    return all(v <= 0.0 for v in trial.constraints.values())
+
+
+def candidates(trials: list[FrozenTrial], baseline_trial: FrozenTrial, top_k: int) -> list[FrozenTrial]:
+    """The best `top_k` distinct feasible configs that scored above the baseline."""
+    ranked = sorted(
+        (
+            t for t in trials
+            if t.state == TrialState.COMPLETE
+            and t.number != baseline_trial.number
+            and not t.user_attrs.get("baseline")
+            and t.value is not None
+            and math.isfinite(t.value)
+            and is_feasible(t)
+            and baseline_trial.value is not None
+            and t.value > baseline_trial.value
+            and t.params != baseline_trial.params
+        ),
+        key=lambda t: (-t.value, t.number),
+    )
+    picked: list[FrozenTrial] = []
+    for trial in ranked:
+        if all(trial.params != p.params for p in picked):
+            picked.append(trial)
+        if len(picked) == top_k:
+            break
+    return picked
+
+
+def n_finished(trials: list[FrozenTrial]) -> int:
+    return sum(1 for t in trials if t.state.is_finished() and not t.user_attrs.get("stale"))
+
+
+def is_current(study: optuna.Study, settings: ConfirmationSpec) -> bool:
+    """A stored verdict still holds: no trial finished since, same settings."""
+    stored = study.user_attrs.get(ATTR)
+    if not isinstance(stored, dict):
+        return False
+    return (
+        stored.get("n_finished") == n_finished(study.get_trials(deepcopy=False))
+        and stored.get("repeats") == settings.repeats
+        and stored.get("top_k") == settings.top_k
+        and stored.get("alpha") == settings.alpha
+    )
+
+
+def _measured(trial: FrozenTrial, outcome: TrialOutcome, baseline: Baseline, weights: ObjectiveSpec) -> dict[str, Any]:
+    entry: dict[str, Any] = {"trial": trial.number, "config": dict(trial.params), "ok": outcome.ok,
+                             "wall_s": round(outcome.wall_s, 3)}
+    if trial.value is not None:
+        entry["search_score"] = trial.value
+    if not outcome.ok:
+        entry.update(error_kind=outcome.error_kind, error_message=outcome.error_message)
+        return entry
+    metrics = outcome.result.get("metrics") or {}
+    samples = score_samples(metrics, baseline, weights)
+    entry.update(metrics=metrics, samples=samples,
+                 median=_median(samples), recall=recall_of(metrics))
+    if not samples:
+        entry.update(ok=False, error_kind="invalid_result", error_message="the result has no timed samples")
+    return entry
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _store(study: optuna.Study, verdict: dict[str, Any]) -> None:
+    verdict["beats_baseline"] = verdict["verdict"] == "improved"
+    verdict["winner"] = verdict["default"]["trial"]
+    study.set_user_attr(ATTR, verdict)
+
+
+def confirm(
+    study: optuna.Study,
+    *,
+    baseline_trial: FrozenTrial,
+    baseline: Baseline,
+    weights: ObjectiveSpec,
+    settings: ConfirmationSpec,
+    measure: Measure,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any] | None:
+    """Re-measure, decide, store and return the verdict; None if cancelled (nothing
+    stored)."""
+    trials = study.get_trials(deepcopy=False)
+    picked = candidates(trials, baseline_trial, settings.top_k)
+    verdict: dict[str, Any] = {
+        "verdict": "baseline",
+        "default": {"trial": baseline_trial.number, "config": dict(baseline_trial.params), "source": "baseline"},
+        "p_value": None,
+        "p_adjusted": None,
+        "alpha": settings.alpha,
+        "repeats": settings.repeats,
+        "top_k": settings.top_k,
+        "n_finished": n_finished(trials),
+        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "baseline": {"trial": baseline_trial.number, "config": dict(baseline_trial.params)},
+        "candidates": [],
+    }
+    if not picked:
+        verdict["reason"] = "no feasible config scored above the baseline in the search"
+        _store(study, verdict)
+        return verdict
+
+    log(f"confirming: baseline and {len(picked)} config(s) with {settings.repeats} repeats each")
+    outcome = measure(dict(baseline_trial.params), settings.repeats)
+    if outcome is None:
+        return None
+    base_entry = _measured(baseline_trial, outcome, baseline, weights)
+    verdict["baseline"] = base_entry
+    for trial in picked:
+        outcome = measure(dict(trial.params), settings.repeats)
+        if outcome is None:
+            return None
+        verdict["candidates"].append(_measured(trial, outcome, baseline, weights))
+
+    if not base_entry["ok"]:
+        verdict["reason"] = f"the baseline failed when measured again ({base_entry.get('error_kind')}); it stays the default"
+        _store(study, verdict)
+        return verdict
+    floor = weights.recall_floor
+    usable = [c for c in verdict["candidates"] if c["ok"] and c["recall"] >= floor]
+    if not usable:
+        verdict["reason"] = "every candidate failed or fell below the recall floor when measured again"
+        _store(study, verdict)
+        return verdict
+    for cand in usable:
+        cand["p_value"] = float(
+            mannwhitneyu(cand["samples"], base_entry["samples"], alternative="greater").pvalue
+        )
+    winner = max(usable, key=lambda c: (c["median"], -c["p_value"]))
+    p_adjusted = min(1.0, winner["p_value"] * len(picked))
+    verdict.update(p_value=winner["p_value"], p_adjusted=p_adjusted)
+    gain = winner["median"] / base_entry["median"] - 1.0 if base_entry["median"] else float("nan")
+    if p_adjusted < settings.alpha and winner["median"] > base_entry["median"]:
+        verdict["verdict"] = "improved"
+        verdict["default"] = {"trial": winner["trial"], "config": winner["config"], "source": "tuned"}
+        verdict["reason"] = (
+            f"trial {winner['trial']} beats the baseline by {gain:+.1%} in median score "
+            f"(Mann-Whitney p = {winner['p_value']:.3g}, x{len(picked)} = {p_adjusted:.3g} < {settings.alpha})"
+        )
+    else:
+        verdict["reason"] = (
+            f"the best re-measured config (trial {winner['trial']}, {gain:+.1%} in median score) is not "
+            f"better beyond noise (Mann-Whitney p = {winner['p_value']:.3g}, x{len(picked)} = "
+            f"{p_adjusted:.3g} >= {settings.alpha}); the baseline stays the default"
+        )
+    _store(study, verdict)
+    return verdict

@@ -1,0 +1,319 @@
+"""The Optuna store: storage URLs, the SQLite writer lock, study names and
+fingerprints, and recovery of trials a killed tuner left RUNNING.
+
+One study per (model shape, device kind, backends, context length), named
+`{shape}/{device_kind}/{backend+backend}/L{context}`. A study started beside an
+existing one with `--new-study` gets the next free suffix `~2`, `~3`, ...; a plain run
+resumes the newest study of that family.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from autotune.cli import UserError
+
+SUFFIX_SEP = "~"
+# A RUNNING trial whose heartbeat is older than this is stale on a shared (non-SQLite)
+# store; trials send a heartbeat every HEARTBEAT_S while their benchmark runs.
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 5 * HEARTBEAT_S
+
+
+class StoreError(UserError):
+    """A storage problem the user can fix; the message says how."""
+
+
+# ---------------------------------------------------------------------------- URLs
+@dataclass(frozen=True)
+class StorageURL:
+    url: str  # what Optuna opens (SQLite paths made absolute)
+    sqlite_path: Path | None  # the database file for SQLite, else None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sqlite_path is not None
+
+
+_URL_EXAMPLES = "e.g. sqlite:///studies/autotune.db or postgresql+psycopg://user:pass@host/db"
+
+
+def parse_storage_url(url: str, *, base_dir: Path | None = None) -> StorageURL:
+    """Validate a SQLAlchemy URL; a relative SQLite path is taken from `base_dir`
+    (default: the working directory) and its folder is created."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"storage URL {url!r} is not a database URL; {_URL_EXAMPLES}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            raise StoreError(
+                f"storage URL {url!r} names no SQLite file (an in-memory store would vanish "
+                "when the tuner exits); give a path, e.g. sqlite:///studies/autotune.db"
+            )
+        path = Path(database).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder of the SQLite store {path}: {exc.strerror}") from None
+        return StorageURL(parsed.set(database=str(path)).render_as_string(hide_password=False), path)
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise StoreError(f"storage URL {url!r}: unknown database kind {parsed.drivername!r}; {_URL_EXAMPLES}") from None
+    except ImportError as exc:
+        hint = " (install it with: pip install 'xlstm-autotune[postgres]')" if backend == "postgresql" else ""
+        raise StoreError(
+            f"storage URL {url!r} needs the Python driver {exc.name or parsed.drivername!r}, which is not installed{hint}"
+        ) from None
+    return StorageURL(url, None)
+
+
+def open_storage(location: StorageURL) -> RDBStorage:
+    """Open (creating tables if needed) the Optuna RDB storage; errors name the fix."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    engine_kwargs: dict[str, Any] = {}
+    if location.is_sqlite:
+        # Readers (best/report/dashboard) may hold the file briefly; wait, do not fail.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return RDBStorage(location.url, engine_kwargs=engine_kwargs)
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StoreError(f"cannot open the store {_display(location)}: {detail}") from None
+    except RuntimeError as exc:  # Optuna's schema version check
+        raise StoreError(
+            f"the store {_display(location)} was written by another Optuna version ({exc}); "
+            f"upgrade it with: optuna storage upgrade --storage '{location.url}'"
+        ) from None
+
+
+def _display(location: StorageURL) -> str:
+    if location.sqlite_path is not None:
+        return str(location.sqlite_path)
+    from sqlalchemy.engine import make_url
+
+    return make_url(location.url).render_as_string(hide_password=True)
+
+
+# ------------------------------------------------------------------ writer lock
+class WriterLock:
+    """One tuner per SQLite file: an exclusive `flock` on `<db>.lock`, holding the
+    owner's pid. The kernel drops the lock when the owner dies (even by kill -9), so
+    a stale lock file never blocks a resume."""
+
+    def __init__(self, db_path: Path):
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "WriterLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f" ({holder})" if holder else ""
+                raise StoreError(
+                    f"another tuner{who} is writing to {self.path.with_suffix('')}; SQLite takes one "
+                    "tuner at a time: wait for it to finish, stop it, or tune into another "
+                    "--storage (several workers need a server database such as PostgreSQL)"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------ names, fingerprint
+def study_name(shape: str, device_kind: str, backends: tuple[str, ...] | list[str], context: int) -> str:
+    return f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}"
+
+
+def family(names: list[str], base: str) -> list[str]:
+    """Studies named `base` or `base~N`, oldest first."""
+    found: list[tuple[int, str]] = []
+    for name in names:
+        if name == base:
+            found.append((1, name))
+        elif name.startswith(base + SUFFIX_SEP) and name[len(base) + 1 :].isdigit():
+            found.append((int(name[len(base) + 1 :]), name))
+    return [name for _, name in sorted(found)]
+
+
+def next_name(names: list[str], base: str) -> str:
+    existing = family(names, base)
+    if not existing:
+        return base
+    last = existing[-1]
+    n = 1 if last == base else int(last.rsplit(SUFFIX_SEP, 1)[1])
+    return f"{base}{SUFFIX_SEP}{n + 1}"
+
+
+def machine_fingerprint(device) -> dict[str, str]:
+    """What a measurement depends on beyond the config; the benchmark's env block
+    reports the same fields from the same functions."""
+    import torch
+
+    from autotune.bench.env import device_name, project_version
+
+    return {"device_name": device_name(device), "torch": torch.__version__, "project_version": project_version()}
+
+
+def describe_fingerprint(fp: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {fp.get(k)!s}" for k in ("device_name", "torch", "project_version"))
+
+
+# -------------------------------------------------------------------- studies
+@dataclass
+class OpenedStudy:
+    study: optuna.Study
+    created: bool
+
+
+def open_study(
+    storage: RDBStorage,
+    base: str,
+    *,
+    fingerprint: dict[str, Any],
+    identity: dict[str, Any],
+    attrs: dict[str, Any],
+    sampler: optuna.samplers.BaseSampler,
+    new_study: bool,
+) -> OpenedStudy:
+    """Resume the newest study of the family `base`, or create one.
+
+    Refuses to resume a study measured on another machine/installation (fingerprint)
+    or created from a spec that measures or scores differently (identity); with
+    `new_study` a fresh study is started beside it instead.
+    attrs: study user attrs written once, when the study is created.
+    """
+    names = [s.study_name for s in storage.get_all_studies()]
+    existing = family(names, base)
+    if existing and not new_study:
+        name = existing[-1]
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        stored = study.user_attrs
+        if stored.get("fingerprint") != fingerprint:
+            raise StoreError(
+                f"study {name} was measured on another machine or installation "
+                f"({describe_fingerprint(stored.get('fingerprint') or {})}); this one is "
+                f"{describe_fingerprint(fingerprint)}. Mixing them would compare unlike "
+                f"measurements: pass --new-study to start {next_name(names, base)} beside it, "
+                "or use another --storage"
+            )
+        if stored.get("identity") != identity:
+            changed = _changed_keys(stored.get("identity") or {}, identity)
+            raise StoreError(
+                f"study {name} was created from a spec that differs in {', '.join(changed)}; "
+                "its trials would not be comparable. Restore those keys, or pass --new-study "
+                f"to start {next_name(names, base)} beside it"
+            )
+        return OpenedStudy(study, created=False)
+    name = next_name(names, base)
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+    for key, value in {**attrs, "fingerprint": fingerprint, "identity": identity}.items():
+        study.set_user_attr(key, value)
+    return OpenedStudy(study, created=True)
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return keys or ["its stored settings"]
+
+
+# ------------------------------------------------------------------- recovery
+def is_stale(trial: optuna.trial.FrozenTrial, *, single_writer: bool, now: float | None = None) -> bool:
+    """A RUNNING trial nobody is measuring any more. With the SQLite writer lock held
+    every RUNNING trial is one; on a shared store, one whose heartbeat stopped."""
+    if trial.state != TrialState.RUNNING:
+        return False
+    if single_writer:
+        return True
+    beat = trial.user_attrs.get("heartbeat")
+    if not isinstance(beat, (int, float)):
+        start = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+        beat = start
+    return (now or time.time()) - beat > STALE_AFTER_S
+
+
+def recover_stale_trials(storage: RDBStorage, study: optuna.Study, *, single_writer: bool) -> list[int]:
+    """Fail the stale RUNNING trials (user attr stale=true) and queue their configs
+    again, so each is measured once more and nothing is lost.
+
+    Order matters for a kill during recovery itself: the config is queued first, unless
+    a WAITING trial with the same params already is, then the trial is failed; a rerun
+    finds either a RUNNING trial with its config already queued, or a FAIL trial.
+    Returns the numbers of the recovered trials.
+    """
+    trials = study.get_trials(deepcopy=False)
+    waiting = [_fixed_params(t) for t in trials if t.state == TrialState.WAITING]
+    recovered = []
+    for trial in trials:
+        if not is_stale(trial, single_writer=single_writer):
+            continue
+        # A trial killed before its params were stored still has them if it was queued.
+        params = dict(trial.params) or _fixed_params(trial)
+        if params and params not in waiting:
+            user_attrs = {"requeued_from": trial.number}
+            if trial.user_attrs.get("baseline"):
+                user_attrs["baseline"] = True
+            study.enqueue_trial(params, user_attrs=user_attrs)
+            waiting.append(params)
+        storage.set_trial_user_attr(trial._trial_id, "stale", True)
+        storage.set_trial_user_attr(trial._trial_id, "error_kind", "stale")
+        storage.set_trial_user_attr(
+            trial._trial_id, "error_message", "the tuner stopped during this trial; its config was queued again"
+        )
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        recovered.append(trial.number)
+    return recovered
+
+
+def _fixed_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    return dict(trial.system_attrs.get("fixed_params") or {})
