@@ -1,0 +1,92 @@
+"""Injectable kernels for checking a scheduler: failures, stalls, forced overlap.
+
+Each is a picklable callable with mlstm_block's signature (so it also runs inside Ray
+actors) that wraps the real kernel. Pass one as make_scheduler(..., kernel=...).
+
+A failure or stall is aimed at one (band, chunk) by planting a NaN marker in q at one
+head and timestep (plant_marker); the wrapper reacts to any q slice holding a NaN, so
+the task that sees the marker is exactly the one owning that head and step, in every
+backend. Cross-thread and cross-process coordination goes through files in a directory,
+which threads and actor processes on one machine share.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import torch
+
+from kernels.mlstm import mlstm_block
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by FailOnMarker."""
+
+
+def plant_marker(q: torch.Tensor, head: int, step: int) -> torch.Tensor:
+    """A copy of q (B, NH, S, DHQK) with a NaN at (head, step) of every batch row."""
+    q = q.clone()
+    q[:, head, step, 0] = float("nan")
+    return q
+
+
+def _has_marker(q: torch.Tensor) -> bool:
+    return bool(torch.isnan(q).any())
+
+
+class FailOnMarker:
+    """Raises InjectedFailure in the kernel call whose q holds the marker."""
+
+    def __call__(self, q, k, v, i, f, state=None):
+        if _has_marker(q):
+            raise InjectedFailure(f"injected failure (pid {os.getpid()})")
+        return mlstm_block(q, k, v, i, f, state)
+
+
+class StallOnMarker:
+    """The kernel call whose q holds the marker waits until `release_path` exists (or
+    max_wait_s passes), then fails; other calls run normally."""
+
+    def __init__(self, release_path: str, max_wait_s: float = 60.0) -> None:
+        self.release_path = release_path
+        self.max_wait_s = max_wait_s
+
+    def __call__(self, q, k, v, i, f, state=None):
+        if _has_marker(q):
+            deadline = time.monotonic() + self.max_wait_s
+            while not os.path.exists(self.release_path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            raise InjectedFailure("stalled kernel released")
+        return mlstm_block(q, k, v, i, f, state)
+
+
+class Rendezvous:
+    """The first `parties` kernel calls wait until all `parties` are inside a kernel at
+    the same time; later calls pass straight through. This makes the peak concurrency a
+    scheduler can reach certain to be observed. A call that waits longer than
+    timeout_s raises (the scheduler could not run `parties` tasks at once)."""
+
+    def __init__(self, directory: str, parties: int, timeout_s: float = 60.0) -> None:
+        self.directory = directory
+        self.parties = parties
+        self.timeout_s = timeout_s
+
+    def _arrived(self) -> int:
+        return sum(name.startswith("arrived-") for name in os.listdir(self.directory))
+
+    def __call__(self, q, k, v, i, f, state=None):
+        open_flag = os.path.join(self.directory, "open")
+        if not os.path.exists(open_flag):
+            with open(os.path.join(self.directory, f"arrived-{uuid.uuid4().hex}"), "w"):
+                pass
+            deadline = time.monotonic() + self.timeout_s
+            while self._arrived() < self.parties and not os.path.exists(open_flag):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"rendezvous: only {self._arrived()} of {self.parties} "
+                                       f"kernel calls ran at the same time")
+                time.sleep(0.002)
+            with open(open_flag, "w"):
+                pass
+        return mlstm_block(q, k, v, i, f, state)
