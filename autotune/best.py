@@ -16,7 +16,10 @@ from typing import Any
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
-_NAME = re.compile(r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)$")
+# `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
+_NAME = re.compile(
+    r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:~(?P<generation>\d+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,11 @@ class StudyKey:
     device_kind: str
     backends: tuple[str, ...]
     context: int
+    generation: int = 1  # 1 for `name`, N for `name~N`
+
+    @property
+    def family(self) -> tuple:
+        return (self.shape, self.device_kind, self.backends, self.context)
 
 
 def parse_study_name(name: str) -> StudyKey | None:
@@ -39,6 +47,7 @@ def parse_study_name(name: str) -> StudyKey | None:
         device_kind=match["device_kind"],
         backends=tuple(match["backends"].split("+")),
         context=int(match["context"]),
+        generation=int(match["generation"] or 1),
     )
 
 
@@ -194,14 +203,22 @@ class StudyView:
 
 
 def load_views(storage, keep: StudyFilter | None = None) -> list[StudyView]:
-    """The tuner's studies in the store (other studies ignored), by shape/device/backend/context."""
+    """The tuner's current studies in the store, by shape/device/backend/context.
+
+    Studies not named by the tuner are ignored, and of a family `name`, `name~2`, ...
+    only the newest (the one `autotune tune` resumes) is read.
+    """
     import optuna
 
-    views = []
+    newest: dict[tuple, tuple[StudyKey, str]] = {}
     for name in optuna.study.get_all_study_names(storage):
         key = parse_study_name(name)
         if key is None or (keep is not None and not keep(key)):
             continue
+        if key.family not in newest or key.generation > newest[key.family][0].generation:
+            newest[key.family] = (key, name)
+    views = []
+    for key, name in newest.values():
         study = optuna.load_study(study_name=name, storage=storage)
         trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
         views.append(StudyView(name, key, dict(study.user_attrs), trials, study))

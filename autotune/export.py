@@ -29,11 +29,6 @@ from autotune.best import (
 )
 from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
 
-# Verdict words a confirmation may use for "the winner beat the baseline".
-_WIN = {"tuned", "winner", "win", "accepted", "confirmed", "significant", "improved", "beats_baseline"}
-_KEEP = {"baseline", "keep_baseline", "rejected", "not_significant", "no_improvement", "inconclusive"}
-
-
 @dataclass(frozen=True)
 class Decision:
     """Which trial's config becomes the default for one study, and why."""
@@ -43,56 +38,45 @@ class Decision:
     reason: str
 
 
-def _trial_number(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, dict):
-        for key in ("trial", "number", "trial_number"):
-            if isinstance(value.get(key), int) and not isinstance(value.get(key), bool):
-                return value[key]
-    return None
-
-
 def read_confirmation(confirmation: Any) -> tuple[bool | None, int | None]:
-    """(winner beat the baseline?, winner trial number) from a study's 'confirmation' attr.
-
-    None for the first item when there is no readable verdict.
-    """
+    """(did the winner beat the baseline?, the trial to use as default) from a study's
+    'confirmation' attr (autotune/confirm.py writes it); (None, None) without a verdict."""
     if not isinstance(confirmation, dict):
         return None, None
-    winner = None
-    for key in ("winner", "winner_trial", "best", "best_trial"):
-        winner = _trial_number(confirmation.get(key))
-        if winner is not None:
-            break
+    default = confirmation.get("default")
+    trial = default.get("trial") if isinstance(default, dict) else None
+    trial = trial if isinstance(trial, int) and not isinstance(trial, bool) else None
     verdict = confirmation.get("verdict")
-    if isinstance(verdict, dict):  # {"verdict": {"beats_baseline": ..., "winner": n}}
-        beats, inner = read_confirmation(verdict)
-        return beats, winner if winner is not None else inner
-    for key in ("beats_baseline", "significant", "accepted", "winner_beats_baseline"):
-        if isinstance(confirmation.get(key), bool):
-            return confirmation[key], winner
-    if isinstance(verdict, str):
-        word = verdict.strip().lower().replace("-", "_").replace(" ", "_")
-        if word in _WIN:
-            return True, winner
-        if word in _KEEP:
-            return False, winner
-    return None, winner
+    if verdict == "improved":
+        return True, trial
+    if verdict == "baseline":
+        return False, trial
+    return None, trial
+
+
+def confirmed_metrics(confirmation: Any, trial_number: int) -> dict[str, float]:
+    """The re-measured medians of a trial's config (more repeats than the search), if any."""
+    if not isinstance(confirmation, dict):
+        return {}
+    measured = [confirmation.get("baseline")] + list(confirmation.get("candidates") or [])
+    for entry in measured:
+        if isinstance(entry, dict) and entry.get("trial") == trial_number and entry.get("ok"):
+            return metric_medians(entry.get("metrics"))
+    return {}
 
 
 def decide(view: StudyView, *, allow_unconfirmed: bool) -> Decision | None:
     """The trial whose config is exported for this study, or None when there is none."""
     baseline, best = view.baseline, view.best
-    beats, winner_number = read_confirmation(view.user_attrs.get("confirmation"))
-    if beats is True:
-        winner = view.trial(winner_number) if winner_number is not None else best
+    confirmation = view.user_attrs.get("confirmation")
+    beats, number = read_confirmation(confirmation)
+    reason = confirmation.get("reason") if isinstance(confirmation, dict) else None
+    if beats is True and number is not None:
+        winner = view.trial(number)
         if winner is not None and winner.params:
-            return Decision(winner, "tuned", f"trial #{winner.number} beat the baseline in confirmation")
+            return Decision(winner, "tuned", reason or f"trial #{number} beat the baseline in confirmation")
     if beats is False and baseline is not None:
-        return Decision(baseline, "baseline", "the winner did not beat the baseline significantly")
+        return Decision(baseline, "baseline", reason or "the winner did not beat the baseline significantly")
     if beats is None and allow_unconfirmed and best is not None:
         return Decision(best, "unconfirmed", "no confirmation yet; best trial exported (--unconfirmed)")
     if baseline is not None:
@@ -115,7 +99,8 @@ def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -
         row = {
             "context": view.key.context,
             "config": {k: trial.params[k] for k in KNOBS if k in trial.params},
-            "metrics": metric_medians(trial.user_attrs.get("metrics")),
+            "metrics": confirmed_metrics(view.user_attrs.get("confirmation"), trial.number)
+            or metric_medians(trial.user_attrs.get("metrics")),
             "trial": trial.number,
             "study": view.name,
             "score": trial.value,

@@ -55,7 +55,8 @@ def test_export_honours_the_confirmation_verdict(tmp_path):
     # L64's winner beat the baseline: it is the default.
     assert rows[64]["config"] == WINNER_64 and rows[64]["source"] == "tuned"
     assert rows[64]["study"] == "tiny/cpu/queued/L64" and rows[64]["trial"] == 14
-    assert rows[64]["metrics"]["decode_tok_s"] == pytest.approx(140.0)
+    # Its metrics are the confirmation's re-measurement (more repeats than the search).
+    assert rows[64]["metrics"]["decode_tok_s"] == pytest.approx(154.0)
     # L16's winner did not: the baseline (trial 0) stays the default.
     assert rows[16]["config"] == dict(BASELINE, chunk_size=16, T_inner=16)
     assert rows[16]["source"] == "baseline" and rows[16]["trial"] == 0
@@ -71,11 +72,11 @@ def test_unconfirmed_studies_keep_the_baseline_unless_asked(tmp_path):
 
 
 @pytest.mark.parametrize("confirmation, expected", [
-    ({"verdict": "tuned", "winner": {"trial": 7}}, (True, 7)),
-    ({"verdict": "baseline", "winner": 7}, (False, 7)),
-    ({"beats_baseline": True, "winner_trial": 3}, (True, 3)),
-    ({"verdict": {"beats_baseline": False}}, (False, None)),
+    ({"verdict": "improved", "default": {"trial": 7, "source": "tuned"}}, (True, 7)),
+    ({"verdict": "baseline", "default": {"trial": 0, "source": "baseline"}}, (False, 0)),
+    ({"verdict": "improved"}, (True, None)),
     ({"candidates": []}, (None, None)),
+    ("improved", (None, None)),
     (None, (None, None)),
 ])
 def test_confirmation_verdicts_are_read(confirmation, expected):
@@ -89,10 +90,21 @@ def test_multi_backend_study_files_the_row_under_the_winning_backend(tmp_path):
     add_study(storage, "tiny/cpu/queued+ray/L64", [
         make_trial(base, 3.0, strategy="baseline", baseline=True),
         make_trial(win, 3.6, strategy="bandit", prefill=1300, decode=130),
-    ], confirmation={"verdict": "tuned", "winner": {"trial": 1}})
+    ], confirmation={"verdict": "improved", "default": {"trial": 1, "config": win, "source": "tuned"}})
     doc, _ = build_defaults(load_views(storage))
     (entry,) = doc["entries"]
     assert entry["backend"] == "ray" and entry["table"][0]["config"] == WINNER_64
+
+
+def test_only_the_newest_study_of_a_family_is_read(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    old = dict(BASELINE, workers=4)
+    add_study(storage, "tiny/cpu/queued/L32", [make_trial(old, 3.0, strategy="baseline", baseline=True)])
+    add_study(storage, "tiny/cpu/queued/L32~2", [make_trial(BASELINE, 3.0, strategy="baseline", baseline=True)])
+    (view,) = load_views(storage)
+    assert view.name == "tiny/cpu/queued/L32~2" and view.key.generation == 2
+    doc, _ = build_defaults([view])
+    assert doc["entries"][0]["table"][0]["config"] == BASELINE
 
 
 def test_study_without_a_completed_baseline_gets_no_row(tmp_path):
