@@ -118,12 +118,13 @@ def _display(location: StorageURL) -> str:
 
 # ------------------------------------------------------------------ writer lock
 class WriterLock:
-    """One tuner per SQLite file: an exclusive `flock` on `<db>.lock`, holding the
+    """One tuner per SQLite file: an exclusive `flock` on `<db>-lock`, holding the
     owner's pid. The kernel drops the lock when the owner dies (even by kill -9), so
     a stale lock file never blocks a resume."""
 
     def __init__(self, db_path: Path):
-        self.path = db_path.with_name(db_path.name + ".lock")
+        self.db_path = db_path
+        self.path = db_path.with_name(db_path.name + "-lock")  # beside -journal, -wal
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
@@ -142,7 +143,7 @@ class WriterLock:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f" ({holder})" if holder else ""
                 raise StoreError(
-                    f"another tuner{who} is writing to {self.path.with_suffix('')}; SQLite takes one "
+                    f"another tuner{who} is writing to {self.db_path}; SQLite takes one "
                     "tuner at a time: wait for it to finish, stop it, or tune into another "
                     "--storage (several workers need a server database such as PostgreSQL)"
                 ) from None

@@ -1,0 +1,223 @@
+"""The trial runner: one benchmark child per config, its result or a synthesized error.
+
+These tests point run_benchmark at small fake benchmark scripts (the real benchmark is
+exercised end to end in test_tune.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from autotune.trials import parse_result, run_benchmark
+
+CONFIG = {"shape": "tiny", "workers": 2, "chunk_size": 32}
+
+
+def _script(tmp_path, name: str, body: str) -> tuple[str, ...]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return (sys.executable, str(path))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited but is not reaped yet: it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ok_result_is_the_last_stdout_line_and_stderr_tail_is_kept(tmp_path):
+    cmd = _script(tmp_path, "ok.py", """
+        import json, sys
+        cfg = json.loads(sys.argv[1])
+        print("noise on stdout before the result")
+        for i in range(2000):
+            print(f"log line {i}", file=sys.stderr)
+        print(json.dumps({"schema_version": 1, "status": "ok", "config": cfg,
+                          "metrics": {"decode_tok_s": {"samples": [1, 2, 3], "median": 2, "iqr": 1}}}))
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert outcome.ok and outcome.returncode == 0
+    assert outcome.result["config"] == CONFIG  # the config travelled as the JSON argument
+    assert outcome.result["metrics"]["decode_tok_s"]["median"] == 2
+    assert outcome.stderr_tail.endswith("log line 1999\n")
+    assert "log line 0\n" not in outcome.stderr_tail  # only the tail is kept
+    assert len(outcome.stderr_tail) <= 4100
+    assert outcome.error_kind is None and outcome.wall_s > 0
+
+
+def test_child_error_result_keeps_its_kind(tmp_path):
+    cmd = _script(tmp_path, "err.py", """
+        import json, sys
+        print(json.dumps({"status": "error", "error": {"kind": "oom", "message": "out of memory"}}))
+        sys.exit(4)
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert not outcome.ok
+    assert outcome.error_kind == "oom" and outcome.error_message == "out of memory"
+    assert outcome.returncode == 4
+
+
+def test_child_dying_without_a_result_is_a_crash_naming_the_cause(tmp_path):
+    cmd = _script(tmp_path, "crash.py", """
+        import sys
+        print("Traceback: something broke", file=sys.stderr)
+        sys.exit(3)
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert outcome.error_kind == "crash"
+    assert "exited with code 3" in outcome.error_message
+    assert "something broke" in outcome.error_message
+    assert outcome.result["status"] == "error"
+
+
+def test_child_killed_by_a_signal_is_a_crash(tmp_path):
+    cmd = _script(tmp_path, "segv.py", """
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert outcome.error_kind == "crash" and "signal 9" in outcome.error_message
+
+
+def test_unparseable_last_line_is_a_crash(tmp_path):
+    cmd = _script(tmp_path, "garbage.py", """
+        print('{"status": "ok"')
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert outcome.error_kind == "crash" and "without a result line" in outcome.error_message
+
+
+def test_ok_with_nonzero_exit_is_not_trusted(tmp_path):
+    cmd = _script(tmp_path, "liar.py", """
+        import sys
+        print('{"status": "ok", "metrics": {}}')
+        sys.exit(1)
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
+    assert outcome.error_kind == "crash"
+
+
+def test_stdin_is_closed(tmp_path):
+    cmd = _script(tmp_path, "stdin.py", """
+        import json, sys
+        data = sys.stdin.read()  # would hang forever on an open terminal/pipe
+        print(json.dumps({"status": "ok", "stdin": data}))
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd)
+    assert outcome.ok and outcome.result["stdin"] == ""
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    cmd = _script(tmp_path, "hang.py", f"""
+        import subprocess, sys, time
+        # a grandchild that ignores nothing and would outlive a plain kill of the child
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+        open({str(pidfile)!r}, "w").write(str(p.pid))
+        print("started", file=sys.stderr, flush=True)
+        time.sleep(300)
+    """)
+    start = time.monotonic()
+    outcome = run_benchmark(CONFIG, timeout_s=3, command=cmd)
+    elapsed = time.monotonic() - start
+    assert outcome.error_kind == "timeout"
+    assert "3 s" in outcome.error_message
+    assert elapsed < 3 + 3 + 5  # limit + TERM grace + slack
+    assert "started" in outcome.stderr_tail
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+
+
+def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
+    cmd = _script(tmp_path, "stubborn.py", """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(300)
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=1, command=cmd)
+    assert outcome.error_kind == "timeout"
+    assert outcome.returncode == -signal.SIGKILL
+
+
+def test_child_runs_in_its_own_session(tmp_path):
+    cmd = _script(tmp_path, "session.py", """
+        import json, os
+        print(json.dumps({"status": "ok", "sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid()}))
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd)
+    # Its own session: a terminal's Ctrl-C (sent to our foreground group) never reaches it.
+    assert outcome.result["sid"] == outcome.result["pid"] == outcome.result["pgid"]
+    assert outcome.result["sid"] != os.getsid(0)
+
+
+def test_cancel_kills_the_child_and_marks_the_outcome_interrupted(tmp_path):
+    cmd = _script(tmp_path, "slow.py", """
+        import time
+        time.sleep(300)
+    """)
+    started: list[int] = []
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    outcome = run_benchmark(CONFIG, timeout_s=120, command=cmd, cancel=cancel, on_start=started.append)
+    assert outcome.interrupted and outcome.error_kind == "interrupted"
+    assert outcome.wall_s < 30
+    assert len(started) == 1 and not _alive(started[0])
+
+
+def test_on_tick_is_called_while_the_child_runs(tmp_path):
+    cmd = _script(tmp_path, "tick.py", """
+        import json, time
+        time.sleep(1.6)
+        print(json.dumps({"status": "ok"}))
+    """)
+    ticks: list[float] = []
+    outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd, on_tick=lambda: ticks.append(time.monotonic()), tick_s=0.5)
+    assert outcome.ok
+    assert 2 <= len(ticks) <= 4
+
+
+@pytest.mark.parametrize(
+    "stdout, expected",
+    [
+        ('{"status": "ok", "x": 1}\n', {"status": "ok", "x": 1}),
+        ('ray: started\n{"status": "error", "error": {"kind": "oom"}}\n\n', {"status": "error", "error": {"kind": "oom"}}),
+        ("", None),
+        ("[1, 2]\n", None),
+        ('{"no_status": true}\n', None),
+        ('{"status": "ok"}\ntrailing text\n', None),
+    ],
+)
+def test_parse_result_takes_the_last_line_only(stdout, expected):
+    assert parse_result(stdout) == expected
+
+
+def test_result_json_round_trips_the_config(tmp_path):
+    # The argument is exactly json.dumps(config): nested values and unicode survive.
+    cmd = _script(tmp_path, "echo.py", """
+        import json, sys
+        print(json.dumps({"status": "ok", "argv": sys.argv[1:]}))
+    """)
+    config = {"shape": "tiny", "note": "ü ' \" $HOME", "nested": {"a": [1, 2]}}
+    outcome = run_benchmark(config, timeout_s=30, command=cmd)
+    assert len(outcome.result["argv"]) == 1
+    assert json.loads(outcome.result["argv"][0]) == config
