@@ -90,3 +90,20 @@ class Rendezvous:
             with open(open_flag, "w"):
                 pass
         return mlstm_block(q, k, v, i, f, state)
+
+
+def random_cell_inputs(batch: int, num_heads: int, seq_len: int, qk_dim: int, v_dim: int, *,
+                       seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    """Random q, k, v, i, f for one cell call, with gates in the range a model produces
+    (input gate around 0, forget gate mostly open)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q = randn(batch, num_heads, seq_len, qk_dim)
+    k = randn(batch, num_heads, seq_len, qk_dim)
+    v = randn(batch, num_heads, seq_len, v_dim)
+    i = 3.0 * randn(batch, num_heads, seq_len)
+    f = 2.0 + 2.0 * randn(batch, num_heads, seq_len)
+    return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v, i, f))
