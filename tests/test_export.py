@@ -154,6 +154,17 @@ def test_write_atomic_leaves_the_old_file_when_writing_fails(tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["defaults.json"]  # no temporary left behind
 
 
+def test_study_spec_selects_its_studies_and_its_storage(tmp_path, monkeypatch, capsys):
+    standard_store(tmp_path)
+    spec = tmp_path / "spec.toml"
+    spec.write_text('storage = "sqlite:///autotune.db"\n[model]\nshape = "tiny"\ndevice = "cpu"\n'
+                    '[workload]\ncontexts = [64, 256]\n')
+    monkeypatch.chdir(tmp_path)  # the spec's relative SQLite path
+    assert main(["best", "--study", str(spec)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("L")]
+    assert rows == ["L64"]
+
+
 def test_missing_store_and_bad_url_are_one_line_errors(tmp_path, capsys):
     assert main(["best", "--storage", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     err = capsys.readouterr().err
