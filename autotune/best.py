@@ -237,7 +237,7 @@ def _config_text(config: dict[str, Any]) -> str:
 
 def render_tables(views: list[StudyView]) -> str:
     """One table per (shape, device, backends, dtype): a row per context length."""
-    from autotune.export import decide  # the confirmation verdict the export applies
+    from autotune.export import decide, read_confirmation  # what the export would write
 
     groups: dict[tuple, list[StudyView]] = {}
     for view in views:
@@ -251,6 +251,8 @@ def render_tables(views: list[StudyView]) -> str:
             done = f"{len(view.complete)}/{len(view.trials)}"
             decision = decide(view, allow_unconfirmed=False)
             default = decision.source if decision else "-"
+            if decision and read_confirmation(view.user_attrs.get("confirmation"))[0] is None:
+                default += " (unconfirmed)"
             if best is None:
                 rows.append([f"L{view.key.context}", done, "-", "-", "-", "-", "-", "-", "-", "no feasible completed trial", default])
                 continue

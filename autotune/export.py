@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,8 +189,6 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot merge into {out}: {exc}") from None
         document = merge_documents(old, fresh)
     write_atomic(out, json.dumps(document, indent=2, sort_keys=False) + "\n")
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     rows = sum(len(e["table"]) for e in document["entries"])
     print(f"wrote {out}: {len(document['entries'])} entries, {rows} context rows")
     for entry in fresh["entries"]:
@@ -199,4 +196,6 @@ def run(args: argparse.Namespace) -> int:
             knobs = " ".join(f"{k}={row['config'][k]}" for k in KNOBS)
             print(f"  {entry['shape']}/{entry['device_kind']}/{entry['backend']}/{entry['dtype']} "
                   f"L{row['context']}: {knobs} ({row['source']}, trial #{row['trial']})")
+    for note in notes:
+        print(f"note: {note}")
     return 0
