@@ -2,7 +2,9 @@
 
 compiled_block(T_inner, device=..., dtype=..., compile=...) returns a callable with
 mlstm_block's signature; one call advances the state by at most T_inner steps (the
-scheduler splits chunks into T_inner calls; a shorter tail call is allowed). Each
+scheduler splits chunks into T_inner calls; a shorter tail call is allowed). A window of
+at least 2 x kernels.chunkwise.SUB_CHUNK steps runs the sub-chunked form
+(kernels.chunkwise.mlstm_chunkwise), shorter ones mlstm_block. Each
 distinct (kernel, input shapes, state given or not, dtype, device, T_inner, compile)
 gets one cache entry, built on first use: a torch.compile'd function (static shapes,
 full graph) or, with compile=False, the eager function, counted the same way so that
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.device import resolve_device
+from kernels.chunkwise import compiled_chunkwise, mlstm_chunkwise, uses_sub_chunks
 from kernels.mlstm import mlstm_block, mlstm_step
 
 # Enough specialisations for every (shape, T_inner) a tuning run visits in one process.
@@ -82,7 +85,10 @@ def _lookup(key: tuple, kernel, compile: bool):
             _hits += 1
             return fn, False
         _misses += 1
-        if compile:
+        if compile and kernel is mlstm_chunkwise:
+            _configure_dynamo()
+            fn = compiled_chunkwise()  # its scan loop stays eager
+        elif compile:
             _configure_dynamo()
             fn = torch.compile(kernel, dynamic=False, fullgraph=True)
         else:
@@ -125,12 +131,17 @@ class _Wrapper:
                 "split the chunk into T_inner-sized calls"
             )
 
+    def kernel_for(self, S: int):
+        """(kernel, kind) that runs a window of S steps."""
+        return type(self).kernel, self.kind
+
     def __call__(self, q, k, v, i, f, state=None):
         S = 1 if self.kind == "mlstm_step" else q.shape[2]
         self._check(q, v, S)
-        key = (self.kind, tuple(q.shape), tuple(v.shape), state is None, self.dtype, str(self.device),
+        kernel, kind = self.kernel_for(S)
+        key = (kind, tuple(q.shape), tuple(v.shape), state is None, self.dtype, str(self.device),
                self.T_inner, self.compile)  # fmt: skip
-        fn, created = _lookup(key, type(self).kernel, self.compile)
+        fn, created = _lookup(key, kernel, self.compile)
         if not (created and self.compile):
             return fn(q, k, v, i, f, state)
         # The first call of a compiled entry is where torch.compile does its work.
@@ -147,6 +158,12 @@ class _Wrapper:
 class CompiledBlock(_Wrapper):
     kernel = staticmethod(mlstm_block)
     kind = "mlstm_block"
+
+    def kernel_for(self, S: int):
+        # Long windows (a large T_inner) take the sub-chunked form: mlstm_block is O(S²).
+        if uses_sub_chunks(S):
+            return mlstm_chunkwise, "mlstm_chunkwise"
+        return mlstm_block, self.kind
 
 
 class CompiledStep(_Wrapper):
