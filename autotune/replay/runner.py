@@ -1,0 +1,188 @@
+"""Replay: drive a sampler through Optuna ask/tell against a recorded surface.
+
+The evaluation model: a first visit to a valid config costs one evaluation and returns
+one of its recorded samples drawn at random (a failing config returns a FAIL trial); a
+revisit returns what the first visit returned and is free; a config outside the valid
+set is told as FAIL, is free and counted apart. A run ends after `max_evals`
+evaluations, when the sampler reports the space exhausted, or after
+`max_proposals` asks (a sampler that only repeats itself spends no evaluations).
+
+What is replayed is exactly the sampler the tuner uses: the same class, an in-memory
+study, the same ask/suggest/tell calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from autotune.replay.baseline import budget_for, random_curve
+from autotune.replay.scoring import REACH_AT
+from autotune.replay.surface import Surface
+from autotune.strategies import STRATEGY_ATTR, STRATEGY_NAMES, SpaceExhausted, StrategySampler, make_sampler
+
+OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
+ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
+NOISE_STREAM = 0x5EED  # the noise draws use their own stream, apart from the sampler's
+
+
+def build_sampler(name: str, surface: Surface, seed: int,
+                  options: Mapping[str, Mapping[str, Any]] | None = None) -> optuna.samplers.BaseSampler:
+    if name in STRATEGY_NAMES:
+        return make_sampler(name, surface.space, seed=seed, options=options)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+
+
+@dataclass
+class RunTrace:
+    strategy: str
+    seed: int
+    best: np.ndarray  # F(t): true value of the best config evaluated, t = 1..evaluations
+    proposed_by: list[str]  # per evaluation: the user attr 'strategy' (or the sampler name)
+    proposals: int = 0
+    invalid: int = 0
+    revisits: int = 0
+    exhausted: bool = False
+    proposal_s: list[float] = field(default_factory=list)
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.best)
+
+    @property
+    def ms_per_proposal(self) -> float:
+        return 1000.0 * float(np.mean(self.proposal_s)) if self.proposal_s else float("nan")
+
+
+def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
+               max_proposals: int | None = None, stall_limit: int = 50,
+               options: Mapping[str, Mapping[str, Any]] | None = None,
+               sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None) -> RunTrace:
+    """One seeded run of `strategy` on `surface` (deterministic for a given seed).
+
+    A config that fails when run is told as a FAIL trial to this project's strategies,
+    exactly as the tuner does. Optuna's samplers ignore FAIL trials and would propose
+    the same config forever, so they are told the surface's worst value instead (the
+    usual way to run them where configs can fail); the same goes for the invalid
+    configs only they can propose. The run also stops after `stall_limit` asks in a
+    row that spent no evaluation.
+    """
+    max_evals = min(max_evals, len(surface))
+    max_proposals = max_proposals if max_proposals is not None else 10 * max_evals + 50
+    sampler = sampler_factory() if sampler_factory else build_sampler(strategy, surface, seed, options)
+    study = optuna.create_study(direction=surface.direction, sampler=sampler)
+    space = surface.space
+    dists = space.distributions()
+    noise = np.random.default_rng([seed, NOISE_STREAM])
+    filled = surface.filled_values()
+    penalty = surface.worst
+    own = isinstance(sampler, StrategySampler)
+    told: dict[int, float | None] = {}  # config index -> what its first visit returned
+    best: list[float] = []
+    trace = RunTrace(strategy, seed, np.zeros(0), [])
+    current = None
+    stalled = 0
+    while len(best) < max_evals and trace.proposals < max_proposals and stalled < stall_limit:
+        start = time.perf_counter()
+        trial = study.ask()
+        try:
+            params = {k: trial.suggest_categorical(k, dists[k].choices) for k in space.knob_names}
+        except SpaceExhausted:
+            study.tell(trial, state=TrialState.FAIL)
+            trace.exhausted = True
+            break
+        trace.proposal_s.append(time.perf_counter() - start)
+        trace.proposals += 1
+        index = space.index(params)
+        observed: float | None = None
+        if index is None:
+            trace.invalid += 1
+            stalled += 1
+        elif index in told:
+            trace.revisits += 1
+            stalled += 1
+            observed = told[index]
+        else:
+            stalled = 0
+            samples = surface.samples[index]
+            observed = float(samples[noise.integers(len(samples))]) if len(samples) else None
+            told[index] = observed
+            value = filled[index]
+            current = value if current is None else surface.best_of(np.array([current, value]))
+            best.append(current)
+            trace.proposed_by.append(str(trial.user_attrs.get(STRATEGY_ATTR, strategy)))
+        if observed is not None:
+            study.tell(trial, observed)
+        elif own:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, penalty)
+    trace.best = np.asarray(best)
+    return trace
+
+
+@dataclass
+class Comparison:
+    """Every strategy's runs on one surface, with the exact random baseline."""
+
+    surface: Surface
+    budget: int
+    cutoff: float
+    horizon: int
+    random_curve: np.ndarray  # S_rand(t), t = 1..horizon
+    traces: dict[str, list[RunTrace]]
+    seeds: list[int]
+
+
+def default_horizon(surface: Surface, budget: int) -> int:
+    """Evaluations per run: the budget, and at least the largest reach point, at most N."""
+    return min(len(surface), max(budget, max(REACH_AT)))
+
+
+def run_comparison(surface: Surface, strategies: Sequence[str], seeds: Sequence[int], *,
+                   horizon: int | None = None,
+                   options: Mapping[str, Mapping[str, Any]] | None = None,
+                   progress: Callable[[str, int, RunTrace], None] | None = None) -> Comparison:
+    """Replay each strategy once per seed; seeds are shared so strategies meet the same noise."""
+    values = surface.filled_values()
+    budget, cutoff = budget_for(values, surface.maximize)
+    horizon = horizon or default_horizon(surface, budget)
+    horizon = max(horizon, budget)
+    curve = random_curve(values, horizon, surface.maximize)
+    _quiet_optuna(torch_threads="gp" in strategies)
+    traces: dict[str, list[RunTrace]] = {}
+    for name in strategies:
+        traces[name] = []
+        for seed in seeds:
+            trace = replay_run(surface, name, seed, horizon, options=options)
+            traces[name].append(trace)
+            if progress:
+                progress(name, seed, trace)
+    return Comparison(surface, budget, cutoff, horizon, curve, traces, list(seeds))
+
+
+def _quiet_optuna(torch_threads: bool) -> None:
+    """Replay asks thousands of trials: Optuna's per-trial log lines are turned down, and
+    the GP runs torch on one thread (several fight each other on a small CPU and make
+    a proposal ten times slower)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not torch_threads:
+        return
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # the GP sampler is the only user of torch here
+        pass
