@@ -96,6 +96,9 @@ class StrategySampler(BaseSampler):
         config = self.space.configs[proposal.index]
         storage = study._storage
         storage.set_trial_user_attr(trial._trial_id, STRATEGY_ATTR, proposal.strategy)
+        # Optuna hands the sampler the Trial's own cached FrozenTrial: keep it in step with
+        # the storage, as Trial.set_user_attr does, so trial.user_attrs shows the strategy
+        trial.user_attrs[STRATEGY_ATTR] = proposal.strategy
         storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, list(self.space.key(config)))
         return dict(config)
 

@@ -1,0 +1,202 @@
+"""Replay: exact random baseline, scoring, determinism, surface and Kernel Tuner files, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from autotune import cli
+from autotune.replay import (
+    budget_for,
+    expected_best_of_draws,
+    load_surface,
+    p_score,
+    reach_fractions,
+    replay_run,
+    run_comparison,
+    summarise,
+    surface_document,
+)
+from autotune.replay.surface import Surface, SurfaceError
+from autotune.space import SearchSpace
+
+VALUES = {"workers": [1, 2, 4], "heads_per_band": [1, 2, 4], "chunk_size": [16, 32, 64], "T_inner": [4, 8, 16]}
+
+
+def synthetic_surface(noise=0.05, seed=0, fail_every=0) -> Surface:
+    space = SearchSpace(VALUES, num_heads=4, context=64)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i, c in enumerate(space.configs):
+        if fail_every and i % fail_every == 0:
+            samples.append(np.zeros(0))
+            continue
+        true = 2.0 - abs(math.log2(c["chunk_size"]) - 5) * 0.3 - abs(math.log2(c["T_inner"]) - 3) * 0.2 + 0.1 * c["workers"]
+        samples.append(true + rng.normal(0, noise, 4))
+    return Surface("synthetic", space.values, "score", "maximize", space.configs, samples, "test")
+
+
+# -- the exact random baseline ------------------------------------------------------------
+@pytest.mark.parametrize("maximize", [False, True])
+def test_exact_random_baseline_matches_monte_carlo(maximize):
+    rng = np.random.default_rng(1)
+    values = np.round(rng.gamma(2.0, 1.0, 40), 1)  # with ties
+    draws = np.array([1, 2, 5, 13, 40])
+    exact = expected_best_of_draws(values, draws, maximize)
+    trials = 20000
+    for m, e in zip(draws, exact):
+        picks = np.argsort(rng.random((trials, len(values))), axis=1)[:, :m]
+        best = values[picks].max(axis=1) if maximize else values[picks].min(axis=1)
+        stderr = best.std() / math.sqrt(trials)
+        assert abs(best.mean() - e) <= 4 * stderr + 1e-12, (m, best.mean(), e)
+    # one draw is the mean; all draws are the optimum
+    assert exact[0] == pytest.approx(values.mean())
+    assert exact[-1] == pytest.approx(values.max() if maximize else values.min())
+
+
+def test_budget_is_the_first_draw_count_reaching_the_cutoff():
+    values = np.arange(1.0, 101.0)  # minimise; optimum 1, median 50.5
+    budget, cutoff = budget_for(values, maximize=False)
+    assert cutoff == pytest.approx(1 + 0.05 * 49.5)
+    curve = expected_best_of_draws(values, np.arange(1, 101), False)
+    assert curve[budget - 1] <= cutoff < curve[budget - 2]
+
+
+def test_p_score_is_zero_for_the_random_curve_and_one_at_the_optimum():
+    values = np.linspace(1, 10, 50)
+    budget, _ = budget_for(values, maximize=False)
+    s_rand = expected_best_of_draws(values, np.arange(1, budget + 1), False)
+    assert p_score(s_rand, s_rand, 1.0, budget) == pytest.approx(0.0)
+    assert p_score(np.ones(budget), s_rand, 1.0, budget) == pytest.approx(1.0)
+    assert p_score(s_rand + 1.0, s_rand, 1.0, budget) < 0.0
+    # a run that stopped early keeps its best
+    assert p_score(np.ones(1), s_rand, 1.0, budget) == pytest.approx(1.0)
+
+
+def test_reach_fractions_count_runs_within_tolerance():
+    curves = [np.full(100, 100.0), np.full(100, 103.0), np.concatenate([np.full(30, 200.0), np.full(70, 100.5)])]
+    reach = reach_fractions(curves, optimum=100.0)
+    assert reach["within_5pct"]["10"] == pytest.approx(2 / 3)
+    assert reach["within_5pct"]["50"] == pytest.approx(1.0)
+    assert reach["within_1pct"]["100"] == pytest.approx(2 / 3)
+
+
+# -- replay runs ----------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["portfolio", "tpe"])
+def test_replay_is_deterministic_for_a_seed(strategy):
+    surface = synthetic_surface(fail_every=9)
+    a, b = (replay_run(surface, strategy, seed=4, max_evals=30) for _ in range(2))
+    assert np.array_equal(a.best, b.best) and a.proposed_by == b.proposed_by
+    assert (a.invalid, a.revisits, a.proposals) == (b.invalid, b.revisits, b.proposals)
+    c = replay_run(surface, strategy, seed=5, max_evals=30)
+    assert not np.array_equal(a.best, c.best) or a.proposals != c.proposals
+
+
+def test_replay_costs_first_visits_only_and_ends_when_the_space_is_exhausted():
+    surface = synthetic_surface(fail_every=5)
+    trace = replay_run(surface, "random", seed=0, max_evals=10_000)
+    assert trace.evaluations == len(surface) and trace.revisits == 0 and trace.invalid == 0
+    assert trace.best[-1] == pytest.approx(surface.optimum)
+    assert np.all(np.diff(trace.best) >= 0)  # maximise: best so far never falls
+    # an Optuna sampler proposes invalid configs and revisits, which cost nothing
+    tpe = replay_run(surface, "tpe", seed=0, max_evals=60)
+    assert tpe.proposals == tpe.evaluations + tpe.invalid + tpe.revisits
+    assert tpe.invalid > 0
+
+
+def test_comparison_summary_has_the_documented_keys():
+    surface = synthetic_surface()
+    comp = run_comparison(surface, ["random", "portfolio"], seeds=range(3), horizon=20)
+    summary = summarise(comp)
+    assert summary["budget"] >= 1 and summary["optimum"] == pytest.approx(surface.optimum)
+    for name in ("random", "portfolio"):
+        s = summary["strategies"][name]
+        assert set(s["p_score"]) >= {"mean", "std"}
+        assert set(s["reach"]) == {"within_5pct", "within_1pct"}
+        assert set(s["reach"]["within_5pct"]) == {"10", "25", "50", "100"}
+        assert s["ms_per_proposal"] > 0
+        assert len(s["mean_best"]) == comp.horizon
+    assert set(summary["strategies"]["portfolio"]["shares"]) <= {"genetic", "bandit", "boltzmann", "random"}
+
+
+# -- files -----------------------------------------------------------------------------------
+def test_surface_file_round_trip(tmp_path):
+    space = SearchSpace(VALUES, num_heads=4, context=32)
+    entries = [{"config": c, "samples": [1.0 + i, 2.0 + i, 3.0 + i], "error": None} for i, c in enumerate(space.configs)]
+    entries[0] = {"config": space.configs[0], "samples": [], "error": {"kind": "oom", "message": "out of memory"}}
+    doc = surface_document(name="t", knobs=space.values, objective={"name": "score", "direction": "maximize"},
+                           entries=entries, shape="tiny", context=32)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    surface = load_surface(path)
+    assert len(surface) == len(space) and surface.failed.tolist() == [True] + [False] * (len(space) - 1)
+    assert surface.true_values[1] == pytest.approx(3.0)  # the median of 2, 3, 4
+    assert surface.optimum == pytest.approx(2.0 + len(space) - 1)
+    assert surface.meta["shape"] == "tiny"
+
+
+def kernel_tuner_cache(closed=True) -> str:
+    params = {"block_size_x": [32, 64, 128], "tile": [1, 2]}
+    cache = {}
+    times = {(32, 1): 3.0, (32, 2): 2.0, (64, 1): 1.5, (64, 2): "CompilationFailedConfig", (128, 1): "InvalidConfig"}
+    for (b, t), value in times.items():
+        entry = {"block_size_x": b, "tile": t, "time": value, "compile_time": 400.0}
+        if not isinstance(value, str):
+            entry["times"] = [value * 1.1, value * 0.9, value]
+        cache[f"{b},{t}"] = entry
+    doc = {"device_name": "Test GPU", "kernel_name": "k", "tune_params_keys": ["block_size_x", "tile"],
+           "tune_params": params, "objective": "time", "cache": cache}
+    text = json.dumps(doc, indent=0)
+    if not closed:  # Kernel Tuner leaves the cache open while it runs
+        text = text.rstrip()[:-1].rstrip()[:-1].rstrip() + ","
+    return text
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_kernel_tuner_cache_parsing(tmp_path, closed):
+    path = tmp_path / "cache.json"
+    path.write_text(kernel_tuner_cache(closed))
+    surface = load_surface(path)
+    assert surface.source == "kernel_tuner" and surface.direction == "minimize"
+    # InvalidConfig and the absent (128, 2) are outside the space; the compile failure is inside
+    assert [tuple(c.values()) for c in surface.configs] == [(32, 1), (32, 2), (64, 1), (64, 2)]
+    assert surface.failed.tolist() == [False, False, False, True]
+    assert surface.true_values[:3].tolist() == [3.0, 2.0, 1.5]
+    assert sorted(surface.samples[0].tolist()) == pytest.approx([2.7, 3.0, 3.3])
+    assert surface.optimum == 1.5 and surface.worst == 3.0
+    assert surface.meta["device_name"] == "Test GPU"
+    trace = replay_run(surface, "portfolio", seed=0, max_evals=10)
+    assert trace.evaluations == 4 and trace.best[-1] == 1.5
+
+
+def test_not_a_surface_is_one_clear_error(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"hello": 1}')
+    with pytest.raises(SurfaceError, match="neither an autotune surface"):
+        load_surface(path)
+    with pytest.raises(SurfaceError, match="does not exist"):
+        load_surface(tmp_path / "missing.json")
+
+
+def test_cli_writes_json_and_html(tmp_path, capsys):
+    cache = tmp_path / "cache.json"
+    cache.write_text(kernel_tuner_cache())
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    rc = cli.main(["replay", str(cache), "--strategies", "random,portfolio,nsga2", "--seeds", "3",
+                   "--json", str(out_json), "--html", str(out_html), "--quiet"])
+    assert rc == 0
+    summary = json.loads(out_json.read_text())
+    assert set(summary["strategies"]) == {"random", "portfolio", "nsga2"}
+    assert summary["optimum"] == 1.5 and summary["budget"] >= 1
+    assert "plotly" in out_html.read_text()[:200000].lower()
+    assert "P-score" in capsys.readouterr().out
+
+
+def test_cli_rejects_an_unknown_strategy(tmp_path, capsys):
+    cache = tmp_path / "cache.json"
+    cache.write_text(kernel_tuner_cache())
+    assert cli.main(["replay", str(cache), "--strategies", "random,annealing"]) == 2
+    assert "unknown strategy annealing" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""Strategies as Optuna samplers: never repeat, stay valid, reproducible, cheap."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import optuna
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from optuna.trial import TrialState
+
+from autotune.space import DiscreteSpace, SearchSpace
+from autotune.strategies import (
+    PORTFOLIO_MEMBERS,
+    STRATEGY_NAMES,
+    History,
+    SpaceExhausted,
+    make_sampler,
+    make_strategy,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+VALUES = {"workers": [1, 2, 4], "heads_per_band": [1, 2, 4], "chunk_size": [16, 32, 64], "T_inner": [4, 8, 16]}
+SPACE = SearchSpace(VALUES, num_heads=4, context=64)
+
+
+def smooth_score(cfg) -> float:
+    return -abs(np.log2(cfg["chunk_size"]) - 5) - 0.5 * abs(np.log2(cfg["T_inner"]) - 3) + 0.2 * cfg["workers"]
+
+
+def suggest(trial, space):
+    return {k: trial.suggest_categorical(k, space.values[k]) for k in space.knob_names}
+
+
+def drive(sampler, space, n, objective=smooth_score, study=None):
+    """Ask/tell n trials; objective returns None for a failure. Returns the study."""
+    study = study or optuna.create_study(direction="maximize", sampler=sampler)
+    for _ in range(n):
+        trial = study.ask()
+        cfg = suggest(trial, space)
+        value = objective(cfg)
+        if value is None:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, value)
+    return study
+
+
+def configs_of(study, space):
+    return [space.key(t.params) for t in study.get_trials(deepcopy=False) if t.params]
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_each_strategy_covers_the_space_without_repeats_then_raises(name):
+    sampler = make_sampler(name, SPACE, seed=3)
+    study = drive(sampler, SPACE, len(SPACE), objective=lambda c: None if c["workers"] == 4 else smooth_score(c))
+    keys = configs_of(study, SPACE)
+    assert len(keys) == len(set(keys)) == len(SPACE)
+    assert all(SPACE.why_invalid(t.params) is None for t in study.trials)
+    labels = {t.user_attrs["strategy"] for t in study.trials}
+    assert labels <= (set(PORTFOLIO_MEMBERS) if name == "portfolio" else {name})
+    assert sampler.remaining(study) == 0
+    trial = study.ask()
+    with pytest.raises(SpaceExhausted, match="nothing is left"):
+        suggest(trial, SPACE)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_seeded_runs_are_reproducible(name):
+    runs = [configs_of(drive(make_sampler(name, SPACE, seed=11), SPACE, 30), SPACE) for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = configs_of(drive(make_sampler(name, SPACE, seed=12), SPACE, 30), SPACE)
+    assert other != runs[0]
+
+
+def test_configs_held_in_any_state_are_never_proposed():
+    sampler = make_sampler("portfolio", SPACE, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    held = SPACE.configs[:4]
+    study.enqueue_trial(held[0])  # stays WAITING
+    running = study.ask(fixed_distributions=SPACE.distributions())  # RUNNING, params set by hand below
+    study.tell(running, state=TrialState.FAIL)  # FAIL without params: no config, ignored
+    for cfg, state in zip(held[1:], (TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)):
+        study.add_trial(optuna.trial.create_trial(params=cfg, distributions=SPACE.distributions(), state=state,
+                                                  value=None))
+    proposed = []
+    for _ in range(len(SPACE) - len(held)):
+        trial = optuna.trial.Trial(study, study._storage.create_new_trial(study._study_id))
+        proposed.append(SPACE.key(suggest(trial, SPACE)))
+        study.tell(trial, 1.0)
+    assert not {SPACE.key(c) for c in held} & set(proposed)
+    assert len(set(proposed)) == len(proposed) == len(SPACE) - len(held)
+
+
+def test_the_live_trial_shows_the_strategy():
+    study = optuna.create_study(direction="maximize", sampler=make_sampler("boltzmann", SPACE, seed=0))
+    trial = study.ask()
+    suggest(trial, SPACE)
+    assert trial.user_attrs["strategy"] == "boltzmann"
+    study.tell(trial, 1.0)
+    assert study.trials[0].user_attrs["strategy"] == "boltzmann"
+
+
+def test_enqueued_configs_keep_their_params_and_are_not_proposed_again():
+    sampler = make_sampler("genetic", SPACE, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    baseline = SPACE.configs[7]
+    study.enqueue_trial(baseline, user_attrs={"strategy": "baseline"})
+    drive(sampler, SPACE, 20, study=study)
+    first = study.trials[0]
+    assert first.params == baseline and first.user_attrs["strategy"] == "baseline"
+    keys = configs_of(study, SPACE)
+    assert len(keys) == len(set(keys))
+
+
+def test_partly_fixed_trial_gets_a_free_config_agreeing_with_the_fixed_values():
+    sampler = make_sampler("bandit", SPACE, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({"chunk_size": 32})
+    trial = study.ask()
+    cfg = suggest(trial, SPACE)
+    assert cfg["chunk_size"] == 32 and SPACE.why_invalid(cfg) is None
+
+
+def test_failures_are_bad_never_unmeasured():
+    space = DiscreteSpace({"a": [1, 2, 3, 4]}, [{"a": v} for v in (1, 2, 3, 4)])
+    study = optuna.create_study(direction="minimize")
+    dist = space.distributions()
+    study.add_trial(optuna.trial.create_trial(params={"a": 1}, distributions=dist, value=5.0))
+    study.add_trial(optuna.trial.create_trial(params={"a": 2}, distributions=dist, value=9.0))
+    study.add_trial(optuna.trial.create_trial(params={"a": 3}, distributions=dist, state=TrialState.FAIL))
+    infeasible = optuna.trial.create_trial(params={"a": 4}, distributions=dist, value=1.0,
+                                           system_attrs={"constraints:recall_floor": 0.3})
+    study.add_trial(infeasible)
+    history = History(space)
+    history.sync(study)
+    u = history.utility()
+    # minimize: a=1 (5.0) beats a=2 (9.0); the failure and the infeasible one rank below both
+    assert u[0] > u[1] > u[2] == u[3] == 0.0
+    assert history.n_free == 0 and list(history.measured) == [0, 1]
+
+
+def test_portfolio_records_member_names_and_credits_improvements():
+    sampler = make_sampler("portfolio", SPACE, seed=5)
+    study = drive(sampler, SPACE, 40)
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    assert set(labels) <= set(PORTFOLIO_MEMBERS) and len(set(labels)) >= 3
+    portfolio = sampler.strategy
+    scores = portfolio.scores(sampler.history(study))
+    assert set(scores) == set(PORTFOLIO_MEMBERS) and all(np.isfinite(list(scores.values())))
+
+
+def test_genetic_leaves_the_global_random_state_alone():
+    random.seed(1234)
+    expected = random.random()
+    random.seed(1234)
+    drive(make_sampler("genetic", SPACE, seed=0), SPACE, 25)
+    assert random.random() == expected
+
+
+def test_history_survives_a_new_sampler_on_a_stored_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize",
+                                sampler=make_sampler("portfolio", SPACE, seed=1))
+    drive(study.sampler, SPACE, 15, study=study)
+    resumed = optuna.load_study(storage=url, study_name="s", sampler=make_sampler("portfolio", SPACE, seed=1))
+    drive(resumed.sampler, SPACE, 15, study=resumed)
+    keys = configs_of(resumed, SPACE)
+    assert len(keys) == 30 == len(set(keys))
+
+
+def test_proposal_overhead_stays_under_20ms_at_1000_trials():
+    values = {"workers": [1, 2, 4, 8, 16], "heads_per_band": [1, 2, 4, 8, 16], "chunk_size": [16, 32, 64, 128, 256, 512],
+              "T_inner": [1, 2, 4, 8, 16, 32, 64], "backend": ["queued", "ray"]}
+    space = SearchSpace(values, num_heads=16, context=512)
+    assert len(space) > 1000
+    sampler = make_sampler("portfolio", space, seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(1000):
+        start = time.perf_counter()
+        trial = study.ask()
+        suggest(trial, space)
+        times.append(time.perf_counter() - start)
+        study.tell(trial, float(rng.normal()))
+    assert 1000 * float(np.mean(times[-200:])) < 20.0
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match="choose one of random, genetic"):
+        make_strategy("annealing", SPACE)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(STRATEGY_NAMES),
+    seed=st.integers(0, 2**16),
+    workers=st.sets(st.sampled_from([1, 2, 3, 4]), min_size=1),
+    hpb=st.sets(st.sampled_from([1, 2, 4]), min_size=1),
+    chunk=st.sets(st.sampled_from([8, 16, 32]), min_size=1),
+    t_inner=st.sets(st.sampled_from([1, 2, 4, 8]), min_size=1),
+    fail_mod=st.integers(2, 7),
+    n_trials=st.integers(1, 60),
+)
+def test_property_never_repeat_and_respect_constraints(name, seed, workers, hpb, chunk, t_inner, fail_mod, n_trials):
+    values = {"workers": sorted(workers), "heads_per_band": sorted(hpb), "chunk_size": sorted(chunk), "T_inner": sorted(t_inner)}
+    try:
+        space = SearchSpace(values, num_heads=4, context=32)
+    except ValueError:
+        return  # no valid config at all: nothing to search
+    sampler = make_sampler(name, space, seed=seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    seen = []
+    for i in range(n_trials):
+        trial = study.ask()
+        try:
+            cfg = suggest(trial, space)
+        except SpaceExhausted:
+            study.tell(trial, state=TrialState.FAIL)
+            assert len(seen) == len(space)
+            break
+        assert space.why_invalid(cfg) is None
+        seen.append(space.key(cfg))
+        if i % fail_mod == 0:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, float(sum(cfg.values()) % 7))
+    assert len(seen) == len(set(seen)) == min(n_trials, len(space))
