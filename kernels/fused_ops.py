@@ -1,0 +1,96 @@
+"""The model's elementwise stages as single fused operations, for the fast forward.
+
+Each op computes exactly what the corresponding stretch of kernels.model computes, with
+the same roundings to the weight dtype at the same points; TorchOps is the reference
+(plain torch, any device), TritonOps runs each op as one Triton kernel on CUDA.
+
+    rms_norm(x, w, eps)                    RMSNorm: fp32 statistics, weight dtype out
+    head_norm_gate(h, o_pre, w, eps)       per-head layer norm of h, times w, times sigmoid(o_pre)
+    silu_mul(gate_up, hidden)              silu(gate) * up from one [gate | up] projection
+    soft_cap(x, cap)                       cap * tanh(x / cap) in fp32 (gates and logits)
+    mlstm_step_into(...)                   one mLSTM decode step for a band of heads, the gates
+                                           soft-capped inside, C updated in place, n and m
+                                           written to separate outputs (readers of the old n,
+                                           m may still run), h written to an output buffer
+
+ops_for(device) picks TritonOps on CUDA when Triton imports, else TorchOps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels.mlstm import mlstm_step
+
+
+class TorchOps:
+    name = "torch"
+
+    @staticmethod
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return x32.to(x.dtype) * weight
+
+    @staticmethod
+    def head_norm_gate(h: torch.Tensor, o_pre: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """h (B, S, NH, DH) (any strides), o_pre (B, S, NH*DH) -> (B, S, NH*DH) in o_pre's dtype."""
+        B, S, NH, DH = h.shape
+        x32 = h.float()
+        x32 = (x32 - x32.mean(-1, keepdim=True)) * torch.rsqrt(x32.var(-1, keepdim=True, unbiased=False) + eps)
+        normed = x32.to(weight.dtype).reshape(B, S, NH * DH) * weight
+        return torch.sigmoid(o_pre) * normed
+
+    @staticmethod
+    def silu_mul(gate_up: torch.Tensor, hidden: int) -> torch.Tensor:
+        """gate_up (..., 2*hidden) = [gate | up] -> silu(gate) * up."""
+        return F.silu(gate_up[..., :hidden]) * gate_up[..., hidden:]
+
+    @staticmethod
+    def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+        """cap * tanh(x / cap) in fp32."""
+        return cap * torch.tanh(x.float() / cap)
+
+    @classmethod
+    def mlstm_step_into(cls, q, k, v, i_pre, f_pre, cap: float, C, n_in, m_in, n_out, m_out, h_out) -> None:
+        """q, k (B, nh, DHQK), v (B, nh, DHV), i_pre, f_pre (B, nh) raw gate pre-activations
+        (the model soft-caps them at `cap` in fp32 first); C (B, nh, DHQK, DHV) updated in
+        place; n_in/m_in read, n_out/m_out and h_out (B, nh, DHV) written."""
+        i = cls.soft_cap(i_pre, cap)
+        f = cls.soft_cap(f_pre, cap)
+        h, (C_new, n_new, m_new) = mlstm_step(q, k, v, i, f, (C, n_in, m_in))
+        C.copy_(C_new)
+        n_out.copy_(n_new)
+        m_out.copy_(m_new)
+        h_out.copy_(h)
+
+
+def triton_available() -> str | None:
+    """None when the Triton ops can run here, else why not."""
+    if not torch.cuda.is_available():
+        return "Triton kernels need a CUDA device"
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"Triton is not importable ({exc})"
+    return None
+
+
+def ops_for(device: torch.device | str, *, prefer: str = "auto"):
+    """The op set for `device`: 'auto' (Triton on CUDA when available), 'triton' or 'torch'."""
+    device = torch.device(device)
+    if prefer not in ("auto", "triton", "torch"):
+        raise ValueError(f"prefer must be 'auto', 'triton' or 'torch', got {prefer!r}")
+    if prefer == "torch" or device.type != "cuda":
+        if prefer == "triton":
+            raise ValueError(f"Triton ops need a CUDA device, got {device}; use prefer='torch'")
+        return TorchOps
+    reason = triton_available()
+    if reason is not None:
+        if prefer == "triton":
+            raise ValueError(f"Triton ops unavailable: {reason}")
+        return TorchOps
+    from kernels.triton_ops import TritonOps
+
+    return TritonOps

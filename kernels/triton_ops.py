@@ -1,0 +1,205 @@
+"""Triton versions of kernels.fused_ops.TorchOps: one kernel per op (CUDA).
+
+Same math and the same roundings to the weight dtype as TorchOps; sums may add in another
+order. Imported only where Triton exists (kernels.fused_ops.ops_for decides).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.fused_ops import TorchOps
+from kernels.mlstm import EPS
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp of a non-positive argument: no overflow, no cancellation near 0
+    # beyond fp32 rounding.
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, stride_x, stride_out, D, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < D
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    r = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+    y = (x * r).to(out_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_out + cols, (y * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _head_norm_gate_kernel(h_ptr, o_ptr, w_ptr, out_ptr, S, s_hb, s_hs, s_hh, s_ob, s_os, s_outb, s_outs,
+                           DH, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)  # b * S + s
+    head = tl.program_id(1)
+    b = row // S
+    s = row % S
+    cols = tl.arange(0, BLOCK)
+    mask = cols < DH
+    x = tl.load(h_ptr + b * s_hb + s * s_hs + head * s_hh + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / DH
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / DH
+    dt = out_ptr.dtype.element_ty
+    y = (xc * (1.0 / tl.sqrt(var + eps))).to(dt).to(tl.float32)
+    w = tl.load(w_ptr + head * DH + cols, mask=mask, other=0.0).to(tl.float32)
+    y = (y * w).to(dt).to(tl.float32)
+    o = tl.load(o_ptr + b * s_ob + s * s_os + head * DH + cols, mask=mask, other=0.0).to(tl.float32)
+    gate = (1.0 / (1.0 + tl.exp(-o))).to(dt).to(tl.float32)
+    tl.store(out_ptr + b * s_outb + s * s_outs + head * DH + cols, (gate * y).to(dt), mask=mask)
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, stride_gu, stride_out, hidden, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < hidden
+    dt = out_ptr.dtype.element_ty
+    g = tl.load(gu_ptr + row * stride_gu + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * stride_gu + hidden + cols, mask=mask, other=0.0).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+    tl.store(out_ptr + row * stride_out + cols, (act * u).to(dt), mask=mask)
+
+
+@triton.jit
+def _soft_cap_kernel(x_ptr, out_ptr, N, cap, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, cap * _tanh(x / cap), mask=mask)
+
+
+@triton.jit
+def _mlstm_step_kernel(
+    q_ptr, k_ptr, v_ptr, i_ptr, f_ptr,
+    C_ptr, n_in_ptr, m_in_ptr, n_out_ptr, m_out_ptr, h_ptr,
+    nh,
+    s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_ib, s_ih, s_fb, s_fh,
+    s_Cb, s_Ch, s_Ck, s_nib, s_nih, s_mib, s_mih, s_nob, s_noh, s_mob, s_moh, s_hb, s_hh,
+    DHQK, DHV, scale, cap, eps,
+    BLOCK_QK: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    # One program: one (batch, head) and BLOCK_V columns of its C. The gate and n/m
+    # arithmetic is repeated in every program of the head (cheap); the column-0 program
+    # writes n and m to the separate outputs, so no program reads a value another wrote.
+    pid = tl.program_id(0)
+    pid_v = tl.program_id(1)
+    b = pid // nh
+    hd = pid % nh
+    kk = tl.arange(0, BLOCK_QK)
+    mk = kk < DHQK
+    vv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mv = vv < DHV
+
+    q = tl.load(q_ptr + b * s_qb + hd * s_qh + kk, mask=mk, other=0.0).to(tl.float32) * scale
+    k = tl.load(k_ptr + b * s_kb + hd * s_kh + kk, mask=mk, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + b * s_vb + hd * s_vh + vv, mask=mv, other=0.0).to(tl.float32)
+    i_g = cap * _tanh(tl.load(i_ptr + b * s_ib + hd * s_ih).to(tl.float32) / cap)
+    f_g = cap * _tanh(tl.load(f_ptr + b * s_fb + hd * s_fh).to(tl.float32) / cap)
+    f_log = tl.minimum(f_g, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_g)))  # logsigmoid
+    m_old = tl.load(m_in_ptr + b * s_mib + hd * s_mih)
+    m_new = tl.maximum(f_log + m_old, i_g)
+    f_act = tl.exp(f_log + m_old - m_new)
+    i_act = tl.exp(i_g - m_new)
+
+    n_old = tl.load(n_in_ptr + b * s_nib + hd * s_nih + kk, mask=mk, other=0.0)
+    n_new = f_act * n_old + i_act * k
+    qn = tl.sum(q * n_new, axis=0)
+
+    c_ptrs = C_ptr + b * s_Cb + hd * s_Ch + kk[:, None] * s_Ck + vv[None, :]
+    cmask = mk[:, None] & mv[None, :]
+    C = tl.load(c_ptrs, mask=cmask, other=0.0)
+    C = f_act * C + (i_act * k)[:, None] * v[None, :]
+    tl.store(c_ptrs, C, mask=cmask)
+
+    num = tl.sum(q[:, None] * C, axis=0)
+    den = tl.maximum(tl.abs(qn), tl.exp(-m_new)) + eps
+    tl.store(h_ptr + b * s_hb + hd * s_hh + vv, (num / den).to(h_ptr.dtype.element_ty), mask=mv)
+    if pid_v == 0:
+        tl.store(n_out_ptr + b * s_nob + hd * s_noh + kk, n_new, mask=mk)
+        tl.store(m_out_ptr + b * s_mob + hd * s_moh, m_new)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as (rows, last) with a unit last stride (a view when possible)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else 8 if block <= 4096 else 16
+
+
+class TritonOps(TorchOps):
+    name = "triton"
+
+    @staticmethod
+    def rms_norm(x, weight, eps):
+        x2 = _rows(x)
+        out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
+        D = x2.shape[1]
+        block = triton.next_power_of_2(D)
+        _rms_norm_kernel[(x2.shape[0],)](x2, weight, out, x2.stride(0), out.stride(0), D, eps,
+                                         BLOCK=block, num_warps=_warps(block))
+        return out.view(x.shape)
+
+    @staticmethod
+    def head_norm_gate(h, o_pre, weight, eps):
+        B, S, NH, DH = h.shape
+        if h.stride(-1) != 1:
+            h = h.contiguous()
+        if o_pre.stride(-1) != 1:
+            o_pre = o_pre.contiguous()
+        out = torch.empty(B, S, NH * DH, dtype=o_pre.dtype, device=o_pre.device)
+        block = triton.next_power_of_2(DH)
+        _head_norm_gate_kernel[(B * S, NH)](
+            h, o_pre, weight, out, S, h.stride(0), h.stride(1), h.stride(2),
+            o_pre.stride(0), o_pre.stride(1), out.stride(0), out.stride(1), DH, eps,
+            BLOCK=block, num_warps=_warps(block))
+        return out
+
+    @staticmethod
+    def silu_mul(gate_up, hidden):
+        g2 = _rows(gate_up)
+        out = torch.empty(g2.shape[0], hidden, dtype=gate_up.dtype, device=gate_up.device)
+        block = min(1024, triton.next_power_of_2(hidden))
+        grid = (g2.shape[0], triton.cdiv(hidden, block))
+        _silu_mul_kernel[grid](g2, out, g2.stride(0), out.stride(0), hidden, BLOCK=block, num_warps=4)
+        return out.view(*gate_up.shape[:-1], hidden)
+
+    @staticmethod
+    def soft_cap(x, cap):
+        xc = x.contiguous()
+        out = torch.empty(xc.shape, dtype=torch.float32, device=x.device)
+        N = xc.numel()
+        block = 1024
+        _soft_cap_kernel[(triton.cdiv(N, block),)](xc, out, N, float(cap), BLOCK=block, num_warps=4)
+        return out
+
+    @staticmethod
+    def mlstm_step_into(q, k, v, i_pre, f_pre, cap, C, n_in, m_in, n_out, m_out, h_out):
+        B, nh, DHQK = q.shape
+        DHV = v.shape[-1]
+        for name, t in (("q", q), ("k", k), ("v", v), ("C", C), ("n_in", n_in), ("n_out", n_out), ("h_out", h_out)):
+            if t.stride(-1) != 1:
+                raise ValueError(f"mlstm_step_into needs a unit last stride for {name}")
+        block_qk = triton.next_power_of_2(DHQK)
+        block_v = min(triton.next_power_of_2(DHV), max(16, 8192 // block_qk))
+        grid = (B * nh, triton.cdiv(DHV, block_v))
+        _mlstm_step_kernel[grid](
+            q, k, v, i_pre, f_pre, C, n_in, m_in, n_out, m_out, h_out, nh,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            i_pre.stride(0), i_pre.stride(1), f_pre.stride(0), f_pre.stride(1),
+            C.stride(0), C.stride(1), C.stride(2), n_in.stride(0), n_in.stride(1),
+            m_in.stride(0), m_in.stride(1), n_out.stride(0), n_out.stride(1),
+            m_out.stride(0), m_out.stride(1), h_out.stride(0), h_out.stride(1),
+            DHQK, DHV, DHQK**-0.5, float(cap), EPS,
+            BLOCK_QK=block_qk, BLOCK_V=block_v, num_warps=4)
