@@ -200,3 +200,92 @@ def test_cli_rejects_an_unknown_strategy(tmp_path, capsys):
     cache.write_text(kernel_tuner_cache())
     assert cli.main(["replay", str(cache), "--strategies", "random,annealing"]) == 2
     assert "unknown strategy annealing" in capsys.readouterr().err
+
+
+# -- sweep -----------------------------------------------------------------------------------
+FAKE_BENCH = r'''
+import json, sys
+from pathlib import Path
+cfg = json.loads(sys.argv[-1])
+log = Path(__file__).with_suffix(".calls")
+with log.open("a") as fh:
+    fh.write(json.dumps(cfg) + "\n")
+if cfg["workers"] == 2 and cfg["chunk_size"] == 16:
+    print(json.dumps({"schema_version": 1, "status": "error", "error": {"kind": "oom", "message": "fake"}}))
+    sys.exit(1)
+n = sum(1 for _ in log.open())
+speed = 100.0 * cfg["workers"] / (1 + abs(cfg["chunk_size"] - 32) / 16) * (1 + 0.01 * (n % 3))
+m = lambda x: {"samples": [x, x * 1.02, x * 0.98], "median": x, "iqr": 0.04 * x}
+print(json.dumps({"schema_version": 1, "status": "ok", "metrics": {"prefill_tok_s": m(speed), "decode_tok_s": m(speed / 2),
+      "recall": 1.0}, "counters": {"kernel_calls": 1}, "timings": {}, "env": {"device": "cpu"}, "config": cfg}))
+'''
+
+
+def quick_spec(tmp_path):
+    from autotune.spec import parse_spec
+
+    doc = {"model": {"shape": "tiny", "device": "cpu", "backends": ["queued"]},
+           "workload": {"contexts": [32], "repeats": 3},
+           "space": {"workers": [1, 2, 4], "heads_per_band": [2, 4], "chunk_size": [16, 32], "T_inner": [16, 32]},
+           "trials": {"timeout_min_s": 30, "timeout_cap_s": 60}}
+    return parse_spec(doc, str(tmp_path / "spec.toml"))
+
+
+def test_sweep_measures_every_config_and_writes_a_surface(tmp_path):
+    import sys
+
+    from autotune.sweep import sweep
+
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text(FAKE_BENCH)
+    spec = quick_spec(tmp_path)
+    out = tmp_path / "surf.json"
+    lines = []
+    path = sweep(spec, 32, ("queued",), repeats=2, seed=1, out=out, bench_command=(sys.executable, str(fake)),
+                 log=lines.append)
+    surface = load_surface(path)
+    # workers <= bands and T_inner | chunk: (w, h) in {(1,2),(2,2),(1,4)} x (c, t) in {(16,16),(32,16),(32,32)}
+    assert len(surface) == 9 and surface.direction == "maximize"
+    calls = (tmp_path / "fake_bench.calls").read_text().splitlines()
+    assert len(calls) == 2 * 9 and json.loads(calls[0])["context"] == 32
+    baseline = {"workers": 1, "heads_per_band": 4, "chunk_size": 32, "T_inner": 32}  # builtin default at L32
+    base = surface.true_values[surface.space.index(baseline)]
+    assert base == pytest.approx(3.0, rel=0.03)  # decode 1 + prefill 1 + recall 1
+    failing = {"workers": 2, "heads_per_band": 2, "chunk_size": 16, "T_inner": 16}
+    assert surface.failed.tolist() == [surface.configs[i] == failing for i in range(len(surface))]
+    assert all(len(s) == (0 if f else 2) for s, f in zip(surface.samples, surface.failed))
+    doc = json.loads(path.read_text())
+    assert doc["configs"][surface.space.index(failing)]["error"]["kind"] == "oom"
+    assert doc["objective"]["baseline"]["config"] == baseline and doc["repeats"] == 2
+    assert not (tmp_path / "surf.json.runs.jsonl").exists()
+    assert any("ETA" in line for line in lines)
+
+
+def test_sweep_resumes_from_its_journal(tmp_path):
+    import sys
+
+    from autotune.sweep import sweep
+
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text(FAKE_BENCH)
+    spec = quick_spec(tmp_path)
+    out = tmp_path / "surf.json"
+    cmd = (sys.executable, str(fake))
+    sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
+    journal_rows = [json.loads(x) for x in (tmp_path / "fake_bench.calls").read_text().splitlines()]
+    assert len(journal_rows) == 9
+    # a second sweep whose journal already holds 4 finished runs measures only the other 5
+    from autotune.sweep import Journal, run_order, sweep_space
+
+    space, _ = sweep_space(spec, 32, ("queued",), 4)
+    header = {"spec": spec.to_dict(), "context": 32, "backends": ["queued"], "repeats": 1, "seed": 0,
+              "device": "cpu", "configs": [list(space.key(c)) for c in space.configs]}
+    out2 = tmp_path / "surf2.json"
+    journal = Journal(out2.with_name(out2.name + ".runs.jsonl"), json.loads(json.dumps(header)))
+    ok = {"status": "ok", "metrics": {"prefill_tok_s": 100.0, "decode_tok_s": 50.0, "recall": 1.0}}
+    for k, (i, r) in enumerate(run_order(9, 1, 0)[:4]):
+        journal.add({"index": i, "repeat": r, "order": k, "result": ok, "wall_s": 0.1, "stderr_tail": ""})
+    (tmp_path / "fake_bench.calls").unlink()
+    sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out2, bench_command=cmd, log=lambda _: None)
+    assert len((tmp_path / "fake_bench.calls").read_text().splitlines()) == 5
+    assert len(load_surface(out2)) == 9

@@ -1,0 +1,271 @@
+"""`autotune sweep`: measure every valid config of a spec at one context length.
+
+Each config runs `--repeats` times, each time in its own benchmark child (the same
+`autotune.trials.run_benchmark` the tuner uses), in one shuffled order over all
+(config, repeat) pairs so that drift of the machine spreads evenly over the configs.
+Every run's raw result is kept. The surface file (format in the README, section
+`replay`) gets, per config, one score sample per run, scored exactly as the tuner
+scores a trial: against the baseline (the built-in default config, measured like
+every other config) with the spec's objective weights.
+
+Runs are journalled to `<out>.runs.jsonl` as they finish; the same command again
+resumes after the last finished run. The journal is removed once the surface is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from autotune.cli import UserError
+
+KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
+SURFACES_DIR = Path("studies/surfaces")
+DEFAULT_REPEATS = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--study", required=True, metavar="FILE", help="study spec (TOML) whose space is swept")
+    parser.add_argument("--context", type=int, metavar="L",
+                        help="the context length to sweep (required when the spec lists several)")
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="sweep only this backend (repeatable; default: the spec's backends)")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="R",
+                        help=f"benchmark runs per config (default {DEFAULT_REPEATS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled run order (default 0)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="hard limit per run (default: the spec's [trials] limits, adapted to the runs so far)")
+    parser.add_argument("--out", metavar="FILE",
+                        help="surface file (default studies/surfaces/<device>-<shape>-<backends>-L<context>.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from autotune.spec import load_spec
+
+    spec = load_spec(args.study)
+    context = _pick_context(spec, args.context)
+    backends = _pick_backends(spec, args.backend)
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    path = sweep(spec, context, backends, repeats=args.repeats, seed=args.seed,
+                 out=Path(args.out) if args.out else None, timeout_s=args.timeout)
+    print(path)
+    return 0
+
+
+def _pick_context(spec, context: int | None) -> int:
+    contexts = spec.workload.contexts
+    if context is None:
+        if len(contexts) != 1:
+            raise UserError(f"{spec.path} lists contexts {list(contexts)}; pick one with --context L")
+        return contexts[0]
+    if context < 1:
+        raise UserError(f"--context must be a positive number of tokens, got {context}")
+    return context
+
+
+def _pick_backends(spec, chosen: Sequence[str] | None) -> tuple[str, ...]:
+    if not chosen:
+        return tuple(spec.model.backends)
+    from autotune.spec import BACKENDS
+
+    bad = [b for b in chosen if b not in BACKENDS]
+    if bad:
+        raise UserError(f"--backend {bad[0]!r} is unknown; backends are {', '.join(BACKENDS)}")
+    return tuple(dict.fromkeys(chosen))
+
+
+# ------------------------------------------------------------------------------ plan
+def sweep_space(spec, context: int, backends: Sequence[str], num_heads: int):
+    """The tuner's space for this context: the spec's value lists plus the baseline's
+    values (so the baseline is one of the configs), backend a knob when several."""
+    from autotune.defaults import builtin_default
+    from autotune.space import SearchSpace, SpaceError
+
+    baseline = builtin_default(num_heads, context)
+    values: dict[str, list[Any]] = {}
+    if len(backends) > 1:
+        values["backend"] = list(backends)
+        baseline = {"backend": backends[0], **baseline}
+    for knob in KNOBS:
+        values[knob] = sorted(set(spec.space[knob]) | {baseline[knob]})
+    try:
+        return SearchSpace(values, num_heads, context), baseline
+    except SpaceError as exc:
+        raise UserError(f"{spec.path}: [space] gives no valid config at context {context}: {exc}") from None
+
+
+def bench_config(spec, device: str, backends: Sequence[str], context: int, knobs: dict[str, Any],
+                 timeout_s: float) -> dict[str, Any]:
+    """The benchmark child's config: the same fields the tuner sends for a trial."""
+    return {
+        "shape": spec.model.shape,
+        "dtype": spec.model.dtype,
+        "device": device,
+        "backend": knobs.get("backend", backends[0]),
+        **{k: knobs[k] for k in KNOBS},
+        "context": context,
+        "new_tokens": spec.workload.new_tokens,
+        "batch": spec.workload.batch,
+        "repeats": spec.workload.repeats,
+        "seed": spec.workload.seed,
+        "time_limit_s": round(max(1.0, timeout_s - min(30.0, 0.1 * timeout_s)), 1),
+        "compile": getattr(spec.model, "compile", False),
+    }
+
+
+def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
+    """All (config index, repeat) pairs in one shuffled order."""
+    pairs = [(i, r) for r in range(repeats) for i in range(n_configs)]
+    random.Random(seed).shuffle(pairs)
+    return pairs
+
+
+# ---------------------------------------------------------------------------- journal
+class Journal:
+    """Finished runs, one JSON line each, after a header that must match to resume."""
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = path
+        self.runs: dict[tuple[int, int], dict[str, Any]] = {}
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            try:
+                stored = json.loads(lines[0]) if lines else None
+            except json.JSONDecodeError:
+                stored = None
+            if stored != {"header": header}:
+                raise UserError(f"{path} is the journal of a different sweep; remove it or choose another --out")
+            for line in lines[1:]:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut off by a kill: that run is measured again
+                self.runs[(row["index"], row["repeat"])] = row
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.runs[(row["index"], row["repeat"])] = row
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------ sweep
+def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT_REPEATS, seed: int = 0,
+          out: Path | None = None, timeout_s: float | None = None,
+          bench_command: Sequence[str] | None = None,
+          log: Callable[[str], None] | None = None) -> Path:
+    """Measure every valid config `repeats` times and write the surface file; returns its path."""
+    from kernels import DeviceUnavailableError, get_config, resolve_device
+
+    from autotune.trials import run_benchmark
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        device = resolve_device(spec.model.device)
+    except DeviceUnavailableError as exc:
+        raise UserError(f"{spec.path}: [model] device = {spec.model.device!r}: {exc}") from None
+    device_str = spec.model.device if spec.model.device != "auto" else device.type
+    num_heads = get_config(spec.model.shape).num_heads
+    space, baseline = sweep_space(spec, context, backends, num_heads)
+    out = out or SURFACES_DIR / f"{device.type}-{spec.model.shape}-{'+'.join(backends)}-L{context}.json"
+    header = {"spec": spec.to_dict(), "context": context, "backends": list(backends), "repeats": repeats,
+              "seed": seed, "device": device_str, "configs": [space.key(c) for c in space.configs]}
+    journal = Journal(out.with_name(out.name + ".runs.jsonl"), json.loads(json.dumps(header)))
+    order = run_order(len(space), repeats, seed)
+    position = {pair: k for k, pair in enumerate(order)}
+    todo = [(i, r) for i, r in order if (i, r) not in journal.runs]
+    log(f"sweep {out.name}: {len(space)} configs x {repeats} runs = {len(order)} runs"
+        + (f" ({len(order) - len(todo)} already done, resuming)" if len(todo) < len(order) else ""))
+    limits = spec.trials
+    started = time.monotonic()
+    for n, (index, repeat) in enumerate(todo, start=1):
+        walls = [row["wall_s"] for row in journal.runs.values() if row["result"].get("status") == "ok"]
+        limit = timeout_s or (min(limits.timeout_cap_s, max(limits.timeout_min_s, limits.timeout_factor * statistics.median(walls)))
+                              if walls else limits.timeout_cap_s)
+        knobs = space.configs[index]
+        outcome = run_benchmark(bench_config(spec, device_str, backends, context, knobs, limit),
+                                timeout_s=limit, command=bench_command)
+        journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
+                     "result": outcome.result, "wall_s": outcome.wall_s,
+                     "stderr_tail": outcome.stderr_tail if not outcome.ok else ""})
+        elapsed = time.monotonic() - started
+        eta = elapsed / n * (len(todo) - n)
+        status = "ok" if outcome.ok else f"FAILED ({outcome.error_kind})"
+        log(f"  [{len(order) - len(todo) + n}/{len(order)}] {' '.join(f'{k}={v}' for k, v in knobs.items())} r{repeat}: "
+            f"{status} in {outcome.wall_s:.1f} s; ETA {eta / 60:.1f} min")
+    doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
+                        repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    journal.path.unlink()
+    return out
+
+
+def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[int, int], dict[str, Any]], *,
+                  context: int, backends: Sequence[str], repeats: int, seed: int, device_kind: str, device: str,
+                  name: str) -> dict[str, Any]:
+    """The surface document from the finished runs: one score sample per ok, feasible run."""
+    from autotune.objective import Baseline, median, recall_violation, score
+    from autotune.replay.surface import surface_document
+
+    base_index = space.index(baseline_cfg)
+    base_runs = [row["result"] for (i, _), row in runs.items() if i == base_index and row["result"].get("status") == "ok"]
+    if not base_runs:
+        raise UserError("every run of the baseline config failed, so no score can be computed; "
+                        "check the benchmark with `autotune bench` on the baseline config")
+    medians = {key: statistics.median(m for m in (median(r["metrics"].get(key)) for r in base_runs) if m is not None)
+               for key in ("prefill_tok_s", "decode_tok_s")}
+    base = Baseline(**medians)
+    entries = []
+    env = None
+    for index, cfg in enumerate(space.configs):
+        rows = sorted((row for (i, _), row in runs.items() if i == index), key=lambda row: row["order"])
+        samples, errors = [], []
+        for row in rows:
+            result = row["result"]
+            if result.get("status") != "ok":
+                errors.append(result.get("error") or {"kind": "crash", "message": ""})
+                continue
+            env = env or result.get("env")
+            violation = recall_violation(result["metrics"], spec.objective)
+            if violation > 0:
+                errors.append({"kind": "recall_floor", "message": f"recall below the floor by {violation:.3f}"})
+                continue
+            samples.append(score(result["metrics"], base, spec.objective))
+        entries.append({
+            "config": cfg,
+            "samples": samples,
+            "error": None if samples else (errors[0] if errors else {"kind": "missing", "message": "not measured"}),
+            "failures": len(errors),
+            "runs": [{"repeat": row["repeat"], "order": row["order"], "wall_s": round(row["wall_s"], 3),
+                      "status": row["result"].get("status"), "error": row["result"].get("error"),
+                      "metrics": row["result"].get("metrics"), "counters": row["result"].get("counters"),
+                      "timings": row["result"].get("timings")} for row in rows],
+        })
+    return surface_document(
+        name=name,
+        knobs=space.values,
+        objective={"name": "score", "direction": "maximize",
+                   "definition": "w_decode*decode/decode_baseline + w_prefill*prefill/prefill_baseline + w_recall*recall",
+                   "weights": spec.to_dict()["objective"], "baseline": {"config": baseline_cfg, **base.as_dict()}},
+        entries=entries,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        shape=spec.model.shape,
+        dtype=spec.model.dtype,
+        device={"kind": device_kind, "device": device, "env": env},
+        backends=list(backends),
+        context=context,
+        repeats=repeats,
+        order_seed=seed,
+        spec=spec.to_dict(),
+    )
