@@ -1,0 +1,269 @@
+"""Measure one config: prefill and decode through the configured scheduler.
+
+Phases (each timed apart; only the repeats are timed regions):
+  setup    device, model (random weights, on the device), scheduler, prompt
+  warmup   prefill at L and decode until every kernel shape has run (and, with compile,
+           until a pass is no faster than the one before); this pass also yields the
+           counters and the NaN/inf check
+  measure  R repeats of: prefill L prompt tokens -> first token (greedy) -> N decoded
+           tokens at batch B; the device is synchronised around every timed region
+  drift    the same prompt through the sequential reference; largest |logits difference|
+  recall   MQAR with the mqar-tiny checkpoint through the configured backend and knobs
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+
+import torch
+
+from autotune.bench import env
+from autotune.bench.config import BenchConfig
+from autotune.bench.errors import InvalidConfig, check_finite
+from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_model
+from autotune.bench.stats import summary
+
+log = logging.getLogger("autotune.bench")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The drift reference: sequential, one band, the model's default chunking.
+REFERENCE_CHUNK = 64
+WARMUP_DECODE_STEPS = 2
+MAX_COMPILE_WARMUP_PASSES = 5
+WARM_WHEN_WITHIN = 0.10  # a compiled pass is warm when no more than 10% faster than the last
+
+
+def _knob_field(message: str) -> str:
+    for name in ("heads_per_band", "T_inner", "chunk_size", "workers"):
+        if name in message:
+            return name
+    return "knobs"
+
+
+class _Clock:
+    """Wall time of device work: synchronises before reading the clock."""
+
+    def __init__(self, device: torch.device):
+        from kernels import synchronize
+
+        self._sync = synchronize
+        self.device = device
+
+    def now(self) -> float:
+        self._sync(self.device)
+        return time.perf_counter()
+
+
+class _PeakMemory:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._mps_peak = 0
+        if device.type == "cuda":
+            self.source = "cuda_max_memory_allocated"
+        elif device.type == "mps":
+            self.source = "mps_driver_allocated_sampled"
+        else:
+            # Process-wide high-water mark since start (model, warm-up and Python included).
+            self.source = "ru_maxrss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def sample(self) -> None:
+        if self.device.type == "mps":
+            self._mps_peak = max(self._mps_peak, int(torch.mps.driver_allocated_memory()))
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.device.type == "mps":
+            return self._mps_peak
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def _state_bytes(model, scheduler, state, batch: int) -> int:
+    """Bytes of recurrent state per sequence, counted from the tensors themselves."""
+    total = 0
+    for block, entry in zip(model.blocks, state):
+        tensors = scheduler.materialize(entry) if block.kind == "mlstm" else entry
+        total += sum(t.numel() * t.element_size() for t in tensors)
+    return total // batch
+
+
+def _decode(model, token, state, steps: int):
+    logits = None
+    for _ in range(steps):
+        logits, state = model(token[:, None], state)
+        token = logits[:, -1].argmax(dim=-1)
+    return token, state, logits
+
+
+@torch.no_grad()
+def measure(config: BenchConfig, progress) -> dict:
+    from kernels import XLSTM, resolve_device
+    from kernels.model import get_config
+    from schedulers import Knobs, PlanError, make_plan, make_scheduler
+
+    timings = progress.timings
+    t_start = time.perf_counter()
+    progress.phase = "setup"
+    try:
+        device = resolve_device(config.device)
+    except ValueError as exc:
+        raise InvalidConfig("device", str(exc)) from None
+    progress.device = device
+    dtype = DTYPES[config.dtype]
+    shape = get_config(config.shape)
+    knobs = config.knobs()
+    try:
+        make_plan(shape.num_heads, config.context, knobs)
+    except PlanError as exc:
+        raise InvalidConfig(_knob_field(str(exc)), str(exc)) from None
+
+    clock = _Clock(device)
+    torch.manual_seed(config.seed)
+    model = XLSTM(shape, device=device, dtype=dtype, seed=config.seed)
+    scheduler = make_scheduler(config.backend, knobs, device=device, dtype=dtype,
+                               compile=config.compile, watchdog_s=config.time_limit_s)
+    progress.on_cleanup(scheduler.close)
+    model.cell_runner = scheduler
+    gen = torch.Generator().manual_seed(config.seed)
+    prompt = torch.randint(0, shape.vocab_size, (config.batch, config.context), generator=gen).to(device)
+    timings["setup_s"] = clock.now() - t_start
+    log.info("setup %.2fs: %s %s on %s, backend %s %s", timings["setup_s"], config.shape,
+             config.dtype, device, config.backend, knobs)
+
+    # ---- warm-up: every kernel shape runs; counters of one prefill and one decode step
+    progress.phase = "warmup"
+    t0 = clock.now()
+    scheduler.reset_counters()
+    logits, state = model(prompt)
+    check_finite("prefill logits", logits)
+    counters = scheduler.counters.as_dict()
+    token = logits[:, -1].argmax(dim=-1)
+    del logits
+    scheduler.reset_counters()
+    logits, state = model(token[:, None], state)
+    check_finite("decode logits", logits)
+    counters["decode"] = scheduler.counters.as_dict()
+    _decode(model, logits[:, -1].argmax(dim=-1), state, WARMUP_DECODE_STEPS - 1)
+    passes, last = 1, clock.now() - t0
+    while config.compile or device.type != "cpu":
+        # Compiled kernels and GPU libraries settle over a few passes; eager CPU does not.
+        t1 = clock.now()
+        _, state = model(prompt)
+        _decode(model, token, state, WARMUP_DECODE_STEPS)
+        this = clock.now() - t1
+        passes += 1
+        if this >= last * (1 - WARM_WHEN_WITHIN) or passes >= MAX_COMPILE_WARMUP_PASSES:
+            break
+        last = this
+    del state
+    timings["warmup_s"] = clock.now() - t0
+    timings["warmup_passes"] = passes
+
+    # ---- timed repeats
+    progress.phase = "measure"
+    memory = _PeakMemory(device)
+    memory.reset()
+    B, L, N = config.batch, config.context, config.new_tokens
+    prefill_tok_s, decode_tok_s, ttft_ms = [], [], []
+    t_measure = time.perf_counter()
+    for repeat in range(config.repeats):
+        t0 = clock.now()
+        logits, state = model(prompt)
+        t1 = clock.now()
+        first = logits[:, -1].argmax(dim=-1)
+        first.cpu()  # the first token is available to the caller
+        t2 = time.perf_counter()
+        memory.sample()
+        last_repeat = repeat == config.repeats - 1
+        if not last_repeat:
+            del logits
+        t3 = clock.now()
+        _, end_state, decode_logits = _decode(model, first, state, N)
+        t4 = clock.now()
+        memory.sample()
+        prefill_tok_s.append(B * L / (t1 - t0))
+        ttft_ms.append((t2 - t0) * 1000.0)
+        decode_tok_s.append(B * N / (t4 - t3))
+    timings["measured_s"] = time.perf_counter() - t_measure
+    check_finite("prefill logits", logits)
+    check_finite("decode logits", decode_logits)
+    peak_mem = memory.peak()
+    state_bytes = _state_bytes(model, scheduler, end_state, B)
+    log.info("prefill %.1f tok/s, decode %.1f tok/s (medians of %d)",
+             summary(prefill_tok_s)["median"], summary(decode_tok_s)["median"], config.repeats)
+
+    # ---- drift against the sequential reference on the same input
+    progress.phase = "drift"
+    t0 = time.perf_counter()
+    reference = Knobs(workers=1, heads_per_band=shape.num_heads,
+                      chunk_size=REFERENCE_CHUNK, T_inner=REFERENCE_CHUNK)
+    if config.backend == "sequential" and knobs == reference and not config.compile:
+        max_drift = 0.0  # the configured run is the reference
+    else:
+        configured_step, _ = model(first[:, None], state)
+        with make_scheduler("sequential", reference, device=device, dtype=dtype) as ref:
+            model.cell_runner = ref
+            ref_logits, ref_state = model(prompt)
+            max_drift = float((ref_logits - logits).abs().max())
+            del ref_logits
+            ref_step, _ = model(first[:, None], ref_state)
+            max_drift = max(max_drift, float((ref_step - configured_step).abs().max()))
+        model.cell_runner = scheduler
+    del logits, state, end_state
+    timings["drift_s"] = time.perf_counter() - t0
+
+    # ---- recall with the trained mqar-tiny model, same backend and knobs, float32
+    progress.phase = "recall"
+    t0 = time.perf_counter()
+    recall = _recall(config, device, knobs, scheduler, dtype)
+    timings["recall_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - t_start
+
+    metrics = {
+        "prefill_tok_s": summary(prefill_tok_s),
+        "decode_tok_s": summary(decode_tok_s),
+        "ttft_ms": summary(ttft_ms),
+        "peak_mem_bytes": peak_mem,
+        "peak_mem_source": memory.source,
+        "state_bytes": state_bytes,
+        **recall,
+        "max_drift": max_drift,
+    }
+    return {"metrics": metrics, "counters": counters, "timings": dict(timings), "env": env.collect(device)}
+
+
+def _recall(config: BenchConfig, device, knobs, scheduler, dtype) -> dict:
+    from kernels.model import get_config
+    from schedulers import PlanError, make_plan, make_scheduler
+
+    none = {"recall": None, "mqar_pairs": None, "mqar_queries": None}
+    if config.context < MIN_CONTEXT:
+        log.warning("recall not measured: context %d < %d tokens", config.context, MIN_CONTEXT)
+        return none
+    try:
+        make_plan(get_config("mqar-tiny").num_heads, config.context, knobs)
+    except PlanError as exc:
+        log.warning("recall not measured: the knobs do not fit mqar-tiny (%s)", exc)
+        return none
+    if dtype == torch.float32:
+        runner = scheduler
+    else:
+        # Scheduler kernels are built for one dtype; free this one first (a Ray pool
+        # holds its CPUs), then run recall through a float32 twin.
+        scheduler.close()
+        runner = make_scheduler(config.backend, knobs, device=device, dtype=torch.float32,
+                                compile=config.compile, watchdog_s=config.time_limit_s)
+    try:
+        model = recall_model(device, runner)
+        return measure_recall(model, config.context, check=check_finite)
+    finally:
+        if runner is not scheduler:
+            runner.close()

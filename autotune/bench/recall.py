@@ -1,0 +1,51 @@
+"""MQAR recall of the shipped mqar-tiny checkpoint, through the configured scheduler.
+
+The benchmark shape's own weights are random and cannot recall anything, so recall is
+measured with `kernels/assets/mqar-tiny.safetensors` (trained by
+`python -m kernels.mqar_train`) at the study's context length, its mLSTM layers run by a
+scheduler with the configured backend and knobs. The model runs in float32 whatever the
+benchmark dtype, and the data come from a fixed seed, so recall is a function of context
+length and scheduling alone: equal for every backend and knob setting, which is what
+makes it a check that scheduling never changes the logical result.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+import kernels
+from kernels.mqar import mqar_batch, pairs_for_length, query_hits
+
+CHECKPOINT = Path(kernels.__file__).resolve().parent / "assets" / "mqar-tiny.safetensors"
+DATA_SEED = 20231208  # fixed: recall never depends on the benchmark's seed
+RECALL_TOKENS = 32768  # tokens evaluated per context length (at least MIN_SEQUENCES sequences)
+MIN_SEQUENCES = 4
+BATCH_TOKENS = 4096  # tokens per forward pass, which bounds the logits' memory
+MIN_CONTEXT = 8
+
+
+def recall_model(device: torch.device, runner, checkpoint: Path = CHECKPOINT) -> kernels.XLSTM:
+    return kernels.load_checkpoint(checkpoint, device=device, dtype=torch.float32, cell_runner=runner)
+
+
+@torch.no_grad()
+def measure_recall(model: kernels.XLSTM, context: int, *, check=None) -> dict:
+    """{recall, mqar_pairs, mqar_queries} at `context` tokens; `check(name, logits)` is
+    called on every logits tensor (the benchmark's NaN/inf check)."""
+    pairs = pairs_for_length(context)
+    sequences = max(MIN_SEQUENCES, math.ceil(RECALL_TOKENS / context))
+    inputs, labels = mqar_batch(sequences, context, pairs, seed=DATA_SEED)
+    per_pass = max(1, BATCH_TOKENS // context)
+    correct = total = 0
+    for start in range(0, sequences, per_pass):
+        x = inputs[start : start + per_pass].to(model.device)
+        logits, _ = model(x)
+        if check is not None:
+            check("mqar-tiny logits", logits)
+        c, t = query_hits(logits, labels[start : start + per_pass].to(model.device))
+        correct, total = correct + c, total + t
+        del logits
+    return {"recall": correct / total, "mqar_pairs": pairs, "mqar_queries": total}
