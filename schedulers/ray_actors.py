@@ -44,7 +44,9 @@ from schedulers.cell import ChunkRunner
 from schedulers.counters import TaskRecord
 from schedulers.errors import SchedulerError, task_error
 
-ACTOR_CLASS_NAME = "BandActor"
+# Actors start by importing torch in a fresh process: allow for that on a loaded machine
+# even when the task watchdog is short.
+ACTOR_START_TIMEOUT_S = 120.0
 
 # Ray instances this module started, shared by every RayScheduler of the process.
 _session_lock = threading.Lock()
@@ -109,6 +111,9 @@ class BandActor:
 
     def fetch(self, state_id: int, band: int):
         return tuple(t.cpu() for t in self.states[(state_id, band)])
+
+    def held(self) -> list[int]:
+        return sorted({state_id for state_id, _ in self.states})
 
     def release(self, state_ids: list[int]) -> int:
         drop = set(state_ids)
@@ -194,12 +199,13 @@ class RayScheduler(Scheduler):
                                                 self.compile, self._kernel, threads)
             for _ in range(workers)
         ]
+        timeout = max(self.watchdog_s, ACTOR_START_TIMEOUT_S)
         try:
-            ray.get([a.ready.remote() for a in self._actors], timeout=self.watchdog_s)
+            ray.get([a.ready.remote() for a in self._actors], timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             need = "1 CPU" + (f" and 1/{workers} GPU" if self.device.type == "cuda" else "")
             raise SchedulerError(
-                f"ray: {workers} actors did not start within {self.watchdog_s:g} s; each needs {need} "
+                f"ray: {workers} actors did not start within {timeout:g} s; each needs {need} "
                 f"and the cluster has {ray.available_resources()} free; lower workers or add resources"
             ) from None
         except ray.exceptions.RayError as exc:
@@ -231,6 +237,12 @@ class RayScheduler(Scheduler):
     def actor_pids(self) -> list[int]:
         """Process ids of this scheduler's actors (for checks that they go away)."""
         return self._ray.get([a.ready.remote() for a in self._actors], timeout=self.watchdog_s)
+
+    def resident_state_ids(self) -> set[int]:
+        """Ids of the states the actors hold now (releases of dropped handles are sent
+        with the next call)."""
+        held = self._ray.get([a.held.remote() for a in self._actors], timeout=self.watchdog_s)
+        return {state_id for ids in held for state_id in ids}
 
     # -- running ------------------------------------------------------------------------
     def _actor(self, band: int):

@@ -107,3 +107,49 @@ def random_cell_inputs(batch: int, num_heads: int, seq_len: int, qk_dim: int, v_
     i = 3.0 * randn(batch, num_heads, seq_len)
     f = 2.0 + 2.0 * randn(batch, num_heads, seq_len)
     return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v, i, f))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def descendant_pids(root: int) -> set[int]:
+    """Every live process below `root` in the process tree (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    parents[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found: set[int] = set()
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                frontier.append(pid)
+    return {pid for pid in found if process_alive(pid)}
+
+
+def wait_until_gone(pids, timeout_s: float = 20.0) -> set[int]:
+    """Wait for the processes to end; returns those still alive after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    alive = {pid for pid in pids if process_alive(pid)}
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = {pid for pid in alive if process_alive(pid)}
+    return alive
