@@ -11,9 +11,13 @@ Devices:
   the caller's stream after the inputs were produced); state tensors crossing streams are
   marked with record_stream so the caching allocator never reuses them early; before the
   call returns, the caller's stream waits on every band's last event.
-- MPS: torch exposes no user streams; all threads enqueue onto the process's one MPS
-  command queue, so the ordering is that queue's order. Threads overlap the host side
-  (Python, dispatch) only; GPU work from different bands does not run concurrently.
+- MPS: torch exposes no user streams; all work goes to the process's one MPS command
+  queue, so GPU work of different bands never runs concurrently and the ordering is that
+  queue's order. torch's MPS backend is not safe for ops issued from several threads at
+  once (it can abort the process inside Metal), so tasks take a process-wide lock around
+  their kernel work: workers overlap only the coordination between tasks, and
+  peak_concurrency counts tasks held by workers, not kernels running at once. Use the
+  `ray` backend (one process per actor) for real concurrency on MPS.
 - CPU: the threads run torch ops concurrently (torch releases the GIL inside ops); the
   intra-op thread pool is shared by all workers.
 
@@ -40,6 +44,8 @@ from schedulers.errors import task_error
 from schedulers.plan import Plan
 
 _instance_ids = itertools.count()
+# Serialises MPS work across all workers of the process (see the module docstring).
+_MPS_LOCK = threading.Lock()
 THREAD_PREFIX = "schedulers-queued"
 
 
@@ -63,7 +69,10 @@ class _Call:
         start = time.perf_counter()
         try:
             in_order = self.progress[band] == chunk_index
-            if stream is None:
+            if self.q.device.type == "mps":
+                with _MPS_LOCK:
+                    new_state, calls = self._advance(band, chunk_index)
+            elif stream is None:
                 new_state, calls = self._advance(band, chunk_index)
             else:
                 with torch.cuda.stream(stream):

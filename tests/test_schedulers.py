@@ -1,5 +1,6 @@
 """sequential and queued schedulers: parity with the recurrence, counters, the model hook."""
 
+import json
 import threading
 
 import pytest
@@ -258,3 +259,24 @@ def test_queued_threads_end_on_close_and_closed_scheduler_refuses_work():
     with pytest.raises(SchedulerError, match="closed"):
         sched(0, *random_cell_inputs(1, 4, 6, 4, 4), None)
     sched.close()  # idempotent
+
+
+def test_measure_script_reports_every_backend_and_setting(capsys):
+    from schedulers.measure import main
+
+    code = main(["--shape", "tiny", "--context", "12", "--new-tokens", "2", "--repeats", "1",
+                 "--device", "cpu", "--dtype", "float32", "--backends", "sequential,queued",
+                 "--knobs", "2,2,8,4", "--knobs", "1,4,12,6", "--knobs", "1,3,8,4"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 1  # the third setting is invalid for 4 heads
+    results = document["results"]
+    assert [(r["backend"], r["knobs"]["chunk_size"], r["status"]) for r in results] == [
+        ("sequential", 8, "ok"), ("sequential", 12, "ok"), ("sequential", 8, "error"),
+        ("queued", 8, "ok"), ("queued", 12, "ok"), ("queued", 8, "error")]
+    assert "heads_per_band=3 must divide num_heads=4" in results[2]["error"]
+    layers = len(get_config("tiny").mlstm_blocks)
+    for r in (x for x in results if x["status"] == "ok"):
+        assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0
+        plan = make_plan(4, 12, Knobs(**r["knobs"]))
+        assert r["counters"]["prefill"]["kernel_calls"] == layers * plan.kernel_calls
+        assert r["counters"]["decode_per_run"]["tasks"] == 2 * layers * plan.bands
