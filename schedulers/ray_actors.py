@@ -149,7 +149,7 @@ class RayScheduler(Scheduler):
         self._ray = ray
         self._uid = uuid.uuid4().hex
         self._state_ids = itertools.count(1)
-        self._pending_release: list[int] = []  # appended by handle finalizers
+        self._pending_release: deque[int] = deque()  # appended by handle finalizers, any thread
         self._actors: list = []
         self._session_user = False
         self._owns_connection = False
@@ -249,9 +249,11 @@ class RayScheduler(Scheduler):
         return self._actors[band % len(self._actors)]
 
     def _flush_releases(self) -> None:
-        if not self._pending_release:
+        ids = []
+        while self._pending_release:  # popleft is atomic against a finalizer's append
+            ids.append(self._pending_release.popleft())
+        if not ids:
             return
-        ids, self._pending_release[:] = list(self._pending_release), []
         for actor in self._actors:
             actor.release.remote(ids)
 

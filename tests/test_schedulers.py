@@ -280,3 +280,26 @@ def test_measure_script_reports_every_backend_and_setting(capsys):
         plan = make_plan(4, 12, Knobs(**r["knobs"]))
         assert r["counters"]["prefill"]["kernel_calls"] == layers * plan.kernel_calls
         assert r["counters"]["decode_per_run"]["tasks"] == 2 * layers * plan.bands
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams need a CUDA device (run on the GPU machine)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_queued_cuda_streams_match_sequential(dtype):
+    """Many bands and chunks on one stream per worker: any missing event wait or early
+    memory reuse shows up as a mismatch against the single-stream reference."""
+    x = random_cell_inputs(2, 8, 512, 64, 64, seed=5, dtype=dtype, device="cuda")
+    x = (*x[:3], x[3].float(), x[4].float())
+    knobs = Knobs(8, 1, 16, 8)
+    with make_scheduler("sequential", knobs, device="cuda", dtype=dtype) as ref:
+        want_h, want_state = ref(0, *x, None)
+        want_step, want_final = ref(0, *step_slice(x, 0, 1), want_state)
+    with make_scheduler("queued", knobs, device="cuda", dtype=dtype) as sched:
+        for _ in range(3):
+            h, state = sched(0, *x, None)
+            step, final = sched(0, *step_slice(x, 0, 1), state)
+            del state  # freed on the caller's stream while workers' streams may still run
+            torch.testing.assert_close(h, want_h, **TIGHT)
+            torch.testing.assert_close(step, want_step, **TIGHT)
+            for got, want in zip(final, want_final):
+                torch.testing.assert_close(got, want, **TIGHT)
+        assert sched.counters.ordering_violations == 0
