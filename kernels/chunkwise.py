@@ -4,24 +4,30 @@ mlstm_block is O(S²) per head (an S x S decay matrix), right for T_inner-sized 
 to a few hundred steps. A long window (a prefill of thousands of tokens in one T_inner
 call) is cut here into K sub-chunks of c steps:
 
-1. per sub-chunk, independently of the incoming state (batched matmuls over all K):
-   its total log forget gate B_k, its own stabiliser l_k (the largest log weight of an
-   input at the sub-chunk's end) and its state contribution, stabilised by l_k,
-       dC_k = sum_s exp(B_k - b_s + i_s - l_k) k_s v_sᵀ    (dn_k the same with v_s -> 1);
+1. per sub-chunk, independently of the incoming state: its total log forget gate B_k and
+   its own stabiliser l_k (the largest log weight of an input at the sub-chunk's end);
 2. the stabiliser at every sub-chunk boundary, vectorised over K (segment sums, as in
    mlstm_block):   m_k = max(m_{k-1} + B_k, l_k);
+   then each sub-chunk's inputs summed into a state contribution already scaled to m_k
+   (one batched matmul over all K):  dC_k = sum_s exp(B_k - b_s + i_s - m_k) k_s v_sᵀ;
 3. the states at the boundaries by a scan over the K sub-chunks, one fused op each:
-       C_k = exp(m_{k-1} + B_k - m_k) C_{k-1} + exp(l_k - m_k) dC_k    (every weight <= 1);
+       C_k = exp(m_{k-1} + B_k - m_k) C_{k-1} + dC_k    (every weight <= 1);
 4. every output from its sub-chunk's incoming state: mlstm_block's intra-chunk matmul form,
    batched over all K sub-chunks at once.
 
-C and n travel together as one (DHQK, DHV + 1) matrix (n is C with v replaced by 1), so
-each scan step is one kernel. A tail of fewer than c steps runs through mlstm_block from
-the last boundary state. Exact to fp32 rounding against mlstm_sequence: the same
-stabilised sums in another order. Memory: K boundary states plus O(S·c) per head.
+C and n travel together as one (DHQK, DHV + 1) matrix (n is C with v replaced by 1, the
+denominators likewise ride along the numerators), so each scan step is one kernel and
+each output term one matmul. Tensors are laid out sub-chunk-major, so every batched
+matmul reads and writes its operands in place. On CUDA with bf16/fp16 inputs the q·k
+products run on the tensor cores (products of 16-bit values are exact in fp32, sums are
+fp32). A tail of fewer than c steps runs through mlstm_block from the last boundary
+state. Exact to fp32 rounding against mlstm_sequence: the same stabilised sums in
+another order. Memory: K boundary states plus O(S·c) per head.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -53,110 +59,140 @@ def _segment_sums(x: torch.Tensor) -> torch.Tensor:
     return seg.masked_fill(~ones.tril(), float("-inf"))
 
 
-def sub_chunk_summaries(k, v_aug, i, f_log):
-    """Stage 1, batched over sub-chunks. Inputs (B, NH, K, c, ·) in the compute dtype.
-
-    Returns D (log weights inside each sub-chunk, (B, NH, K, c, c)), b (local cumulative
-    log forget gates, (B, NH, K, c)), l (B, NH, K) and the contributions dCn
-    (B, NH, K, DHQK, DHV + 1) stabilised by l.
-    """
-    b = torch.cumsum(f_log, dim=-1)
-    D = _segment_sums(f_log) + i.unsqueeze(-2)  # D[t, s] = b_t - b_s + i_s, -inf for s > t
-    ell = D[..., -1, :].amax(dim=-1)  # (B, NH, K)
-    w_last = torch.exp(D[..., -1, :] - ell.unsqueeze(-1))  # (B, NH, K, c), all <= 1
-    dCn = torch.matmul((k * w_last.unsqueeze(-1)).transpose(-1, -2), v_aug)
-    return D, b, ell, dCn
-
-
 def boundary_stabilisers(m0: torch.Tensor, B_tot: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
     """Stage 2: m after each sub-chunk, m_k = max(m_{k-1} + B_k, l_k), for all k at once.
 
-    m0 (B, NH, 1); B_tot, ell (B, NH, K) -> m_end (B, NH, K), unrolled as
+    m0 (..., 1); B_tot, ell (..., K) -> m_end (..., K), unrolled as
     m_k = max(m0 + sum_{j<=k} B_j, max_{j<=k} (l_j + sum_{j<r<=k} B_r)).
     """
-    seg = _segment_sums(B_tot)  # (B, NH, K, K)
+    seg = _segment_sums(B_tot)  # (..., K, K)
     from_inputs = (seg + ell.unsqueeze(-2)).amax(dim=-1)
     return torch.maximum(m0 + torch.cumsum(B_tot, dim=-1), from_inputs)
 
 
-def scan_states(Cn0: torch.Tensor, dCn: torch.Tensor, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Stage 3: states at every boundary. Cn0 (B, NH, DHQK, DHV+1); dCn (B, NH, K, ...);
-    g, s (B, NH, K). Returns (B, NH, K+1, DHQK, DHV+1): index 0 is Cn0, index k the state
-    after sub-chunk k-1 ... after the last one. Works in place on a scaled copy of dCn.
+def _k_major(x: torch.Tensor, K: int, c: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, NH, S, ...) (any strides) -> contiguous (K, B, NH, c, ...) in dtype: one pass.
+
+    Sub-chunk-major, so that every batched matmul below sees one uniform batch stride
+    and the boundary states of consecutive sub-chunks are contiguous slices.
     """
-    B, NH, K = g.shape
-    states = torch.empty((B, NH, K + 1) + tuple(Cn0.shape[2:]), dtype=Cn0.dtype, device=Cn0.device)
-    states[:, :, 0] = Cn0
-    torch.mul(dCn, s[..., None, None], out=states[:, :, 1:])
+    B, NH = x.shape[:2]
+    tail = tuple(x.shape[3:])
+    view = x[:, :, : K * c].reshape(B, NH, K, c, *tail).movedim(2, 0)
+    out = torch.empty((K, B, NH, c) + tail, dtype=dtype, device=x.device)
+    out.copy_(view)
+    return out
+
+
+_HALF_QK = {"ok": None}  # whether bf16/fp16 matmuls with fp32 output run here (decided at first use)
+
+
+def _exact_half_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """q·k on the tensor cores: bf16/fp16 products are exact in fp32 and accumulate in fp32."""
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or q.device.type != "cuda":
+        return False
+    if _HALF_QK["ok"] is None:
+        try:
+            a = torch.ones(1, 2, 2, dtype=q.dtype, device=q.device)
+            _HALF_QK["ok"] = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError):
+            _HALF_QK["ok"] = False
+    return bool(_HALF_QK["ok"])
+
+
+def _prepare(q, k, v, i, f, C0, n0, m0, sub_chunk: int, half_qk: bool):
+    """Stages 1-2 and the boundary-state contributions (no loops). Shapes: see mlstm_chunkwise.
+
+    Returns, sub-chunk-major (K, B, NH, ...): the q, k copies used by the matmuls, v_aug
+    = [v | 1], D (log weights inside each sub-chunk), b (local cumulative log forget
+    gates), m_start/m_end (stabilisers entering/leaving each sub-chunk), g (the decay
+    of the incoming state over each sub-chunk) and dCn (each sub-chunk's inputs summed
+    into a boundary state, already scaled to m_end).
+    """
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    ct = C0.dtype
+    c = sub_chunk
+    K = S // c
+
+    f_log = F.logsigmoid(_k_major(f, K, c, ct))  # (K, B, NH, c)
+    b = torch.cumsum(f_log, dim=-1)
+    D = _segment_sums(f_log) + _k_major(i, K, c, ct).unsqueeze(-2)  # D[t, s] = b_t - b_s + i_s
+    ell = D[..., -1, :].amax(dim=-1)  # (K, B, NH): each sub-chunk's own largest input weight
+    B_tot = b[..., -1]
+    m_end = boundary_stabilisers(m0, B_tot.movedim(0, -1), ell.movedim(0, -1)).movedim(-1, 0)
+    m_start = torch.cat([m0.movedim(-1, 0), m_end[:-1]], dim=0)
+    g = torch.exp(m_start + B_tot - m_end)  # <= 1
+    w = torch.exp(D[..., -1, :] - m_end.unsqueeze(-1))  # (K, B, NH, c), <= 1
+
+    mm_dtype = q.dtype if half_qk else ct
+    q_m = _k_major(q, K, c, mm_dtype)
+    k_m = _k_major(k, K, c, mm_dtype)
+    v_aug = torch.empty((K, B, NH, c, DHV + 1), dtype=ct, device=q.device)  # n rides along as a column
+    v_aug[..., :DHV].copy_(v[:, :, : K * c].reshape(B, NH, K, c, DHV).movedim(2, 0))
+    v_aug[..., DHV] = 1.0
+    kw = k_m * w.unsqueeze(-1)  # fp32
+    dCn = torch.matmul(kw.transpose(-1, -2), v_aug)  # (K, B, NH, DHQK, DHV + 1)
+    return q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn
+
+
+def scan_states(Cn0: torch.Tensor, dCn: torch.Tensor, g: torch.Tensor) -> None:
+    """Stage 3, in place: dCn[j] becomes the state after sub-chunk j,
+    g_j * (state before it) + dCn[j]. Cn0 (B, NH, DHQK, DHV+1); dCn (K, B, NH, ...); g (K, B, NH)."""
     g4 = g[..., None, None]
-    for j in range(K):  # sequential: each boundary state needs the one before
-        states[:, :, j + 1].addcmul_(states[:, :, j], g4[:, :, j])
-    return states
+    dCn[0].addcmul_(Cn0, g4[0])
+    for j in range(1, dCn.shape[0]):  # sequential: each boundary state needs the one before
+        dCn[j].addcmul_(dCn[j - 1], g4[j])
 
 
-def sub_chunk_outputs(q_hat, k, v, D, b, m_start, Cn_start, dhv: int):
-    """Stage 4: h for every step, each sub-chunk from its incoming state, batched.
+def _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, states, half_qk: bool, out_dtype: torch.dtype,
+            dhqk: int):
+    """Stage 4: every output from its sub-chunk's incoming state, all sub-chunks batched.
 
-    q_hat, k (B, NH, K, c, DHQK); v (B, NH, K, c, DHV); D (B, NH, K, c, c); b (B, NH, K, c);
-    m_start (B, NH, K) and Cn_start (B, NH, K, DHQK, DHV+1): the state entering each sub-chunk.
+    h_t = (q̂_t C_in inter_t + sum_s w_ts v_s) / (max(|q̂_t n_in inter_t + sum_s w_ts|, exp(-m_t)) + eps)
+    with w_ts = (q̂_t·k_s) exp(D_ts - m_t): one matmul per term on [v | 1] and [C | n].
+    Returns h (B, NH, K*c, DHV) in out_dtype.
     """
+    K, B, NH, c, DHV1 = v_aug.shape
+    DHV = DHV1 - 1
+    scale = dhqk**-0.5
     a = m_start.unsqueeze(-1) + b  # log weight of the incoming state at step t
     m_t = torch.maximum(a, D.amax(dim=-1))
-    decay = torch.exp(D - m_t.unsqueeze(-1))  # zero above the diagonal
-    inter = torch.exp(a - m_t)
-    weights = torch.matmul(q_hat, k.transpose(-1, -2)) * decay
-    from_state = torch.matmul(q_hat, Cn_start)  # (B, NH, K, c, DHV+1): [q̂ C0 | q̂·n0]
-    num = torch.matmul(weights, v) + inter.unsqueeze(-1) * from_state[..., :dhv]
-    den = weights.sum(-1) + inter * from_state[..., dhv]
-    return num / (torch.maximum(den.abs(), torch.exp(-m_t)) + EPS).unsqueeze(-1)
+    decay = torch.exp(D - m_t.unsqueeze(-1) + math.log(scale))  # q's scale folded in; 0 above the diagonal
+    if half_qk:
+        qk = torch.bmm(q_m.flatten(0, 2), k_m.flatten(0, 2).transpose(1, 2), out_dtype=torch.float32)
+        weights = qk.view(K, B, NH, c, c).mul_(decay)
+    else:
+        weights = torch.matmul(q_m, k_m.transpose(-1, -2)).mul_(decay)
+    q_in = q_m * (torch.exp(a - m_t) * scale).unsqueeze(-1)  # q̂ weighted for the incoming state, fp32
+    out = torch.empty_like(v_aug)  # [numerator | denominator] per step
+    torch.matmul(q_in[0], Cn0, out=out[0])
+    if K > 1:
+        torch.matmul(q_in[1:], states[:-1], out=out[1:])
+    out3 = out.view(-1, c, DHV1)
+    out3.baddbmm_(weights.view(-1, c, c), v_aug.view(-1, c, DHV1))
+    denom = torch.maximum(out[..., DHV].abs(), torch.exp(-m_t)) + EPS
+    h = torch.empty((B, NH, K * c, DHV), dtype=out_dtype, device=v_aug.device)
+    torch.div(out[..., :DHV], denom.unsqueeze(-1), out=h.view(B, NH, K, c, DHV).movedim(2, 0))
+    return h
 
 
-def _prepare(q, k, v, i, f, C0, n0, m0, sub_chunk: int):
-    """Stages 1-2 and the scan's inputs for the first K * sub_chunk steps (no loops)."""
-    B, NH, S, DHQK = q.shape
-    ct = C0.dtype
-    K = S // sub_chunk
-    main = K * sub_chunk
-
-    def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, NH, S, ...) -> (B, NH, K, c, ...)
-        return x[:, :, :main].to(ct).reshape(B, NH, K, sub_chunk, *x.shape[3:])
-
-    q_hat = blocks(q) * (DHQK**-0.5)
-    k_ = blocks(k)
-    v_ = blocks(v)
-    f_log = F.logsigmoid(blocks(f))
-    v_aug = torch.cat([v_, torch.ones_like(v_[..., :1])], dim=-1)  # n rides along as a column
-
-    D, b, ell, dCn = sub_chunk_summaries(k_, v_aug, blocks(i), f_log)
-    B_tot = b[..., -1]
-    m_end = boundary_stabilisers(m0, B_tot, ell)  # (B, NH, K)
-    m_start = torch.cat([m0, m_end[..., :-1]], dim=-1)
-    g = torch.exp(m_start + B_tot - m_end)
-    s = torch.exp(ell - m_end)
-    Cn0 = torch.cat([C0, n0.unsqueeze(-1)], dim=-1)
-    return q_hat, k_, v_, D, b, m_start, m_end, Cn0, dCn, g, s
-
-
-def _finish(q_hat, k_, v_, D, b, m_start, m_end, states, dtype: torch.dtype):
-    """Stage 4 and the final state, from the boundary states (no loops)."""
-    B, NH, K, c, DHV = v_.shape
-    h = sub_chunk_outputs(q_hat, k_, v_, D, b, m_start, states[:, :, :K], DHV)
-    h = h.reshape(B, NH, K * c, DHV).to(dtype)
-    last = states[:, :, K]
-    return h, (last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[..., -1:].contiguous())
-
-
-def _run(prepare, finish, q, k, v, i, f, state, sub_chunk: int):
+def _run(prepare, q, k, v, i, f, state, sub_chunk: int):
     if sub_chunk < 1:
         raise ValueError(f"sub_chunk must be >= 1, got {sub_chunk}")
     B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
     K = S // sub_chunk
     if K == 0:
         return mlstm_block(q, k, v, i, f, state)
-    C0, n0, m0 = _state_or_zeros(state, B, NH, DHQK, v.shape[-1], q.device, _compute_dtype(v))
-    q_hat, k_, v_, D, b, m_start, m_end, Cn0, dCn, g, s = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk)
-    states = scan_states(Cn0, dCn, g, s)
-    h, out_state = finish(q_hat, k_, v_, D, b, m_start, m_end, states, v.dtype)
+    C0, n0, m0 = _state_or_zeros(state, B, NH, DHQK, DHV, q.device, _compute_dtype(v))
+    half_qk = _exact_half_qk(q, k)
+    q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk, half_qk)
+    Cn0 = torch.cat([C0, n0.unsqueeze(-1)], dim=-1)
+    scan_states(Cn0, dCn, g)
+    h = _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, dCn, half_qk, v.dtype, DHQK)
+    last = dCn[-1]
+    out_state = (last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1))
     main = K * sub_chunk
     if main == S:
         return h, out_state
@@ -179,16 +215,16 @@ def mlstm_chunkwise(
 
     mlstm_block's signature and contract (shapes, fp32 state, h in v's dtype).
     """
-    return _run(_prepare, _finish, q, k, v, i, f, state, sub_chunk)
+    return _run(_prepare, q, k, v, i, f, state, sub_chunk)
 
 
 def compiled_chunkwise():
-    """mlstm_chunkwise with its loop-free stages torch.compile'd (static shapes, full
-    graphs) and the scan left eager: compiling the scan would unroll K steps."""
+    """mlstm_chunkwise with its loop-free preparation torch.compile'd (static shapes, full
+    graph); the scan (K steps, which compiling would unroll) and the output stage, which
+    writes into preallocated buffers, stay eager."""
     prepare = torch.compile(_prepare, dynamic=False, fullgraph=True)
-    finish = torch.compile(_finish, dynamic=False, fullgraph=True)
 
     def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK):
-        return _run(prepare, finish, q, k, v, i, f, state, sub_chunk)
+        return _run(prepare, q, k, v, i, f, state, sub_chunk)
 
     return run
