@@ -8,7 +8,8 @@ Same function as XLSTM.forward (tests hold it to the model), fewer and larger ke
   weights (memory is not doubled; XLSTM.forward keeps working on the same numbers);
 - residual additions ride on the output matmuls (addmm);
 - RMSNorm, the per-head norm with the output gate, SiLU-times-up and the soft caps are
-  one op each (kernels.fused_ops: Triton on CUDA, plain torch elsewhere).
+  one op each (kernels.fused_ops: Triton on CUDA, plain torch elsewhere); for a single
+  row (decode) each is fused into the matrix-vector product that follows it.
 
 The cell is reached through pieces that a caller composes:
     x = fm.embed(tokens)
@@ -139,10 +140,9 @@ class FastModel:
 
     def mlstm_in(self, b: int, x: torch.Tensor) -> torch.Tensor:
         """The fused input projection of block b's mLSTM layer: (B, S, layout.width)."""
-        block = self.model.blocks[b]
-        xn = self.ops.rms_norm(x, block.norm_mlstm.weight, block.norm_mlstm.eps)
+        norm = self.model.blocks[b].norm_mlstm
         weight, bias = self.in_proj[b]
-        return F.linear(xn, weight, bias)
+        return self.ops.rms_linear(x, norm.weight, norm.eps, weight, bias)
 
     def split(self, proj: torch.Tensor):
         """Views of a fused projection: q, k (B, NH, S, DHQK), v (B, NH, S, DHV), i_pre,
@@ -162,15 +162,14 @@ class FastModel:
     def mlstm_out(self, b: int, x: torch.Tensor, h: torch.Tensor, o_pre: torch.Tensor) -> torch.Tensor:
         """x + out_proj(sigmoid(o) * norm(h)); h (B, S, NH, DHV) (any strides)."""
         layer = self.model.blocks[b].mlstm_layer
-        gated = self.ops.head_norm_gate(h, o_pre, layer.multihead_norm.weight, layer.multihead_norm.eps)
-        return self._add_linear(x, gated, layer.out_proj.weight)
+        norm = layer.multihead_norm
+        return self.ops.head_norm_gate_linear_add(x, h, o_pre, norm.weight, norm.eps, layer.out_proj.weight)
 
     def ffn(self, b: int, x: torch.Tensor) -> torch.Tensor:
         """x + FFN(RMSNorm(x)) of block b."""
         block = self.model.blocks[b]
-        xn = self.ops.rms_norm(x, block.norm_ffn.weight, block.norm_ffn.eps)
-        act = self.ops.silu_mul(F.linear(xn, self.up_proj[b]), self.config.ffn_dim)
-        return self._add_linear(x, act, block.ffn.proj_down.weight)
+        gate_up = self.ops.rms_linear(x, block.norm_ffn.weight, block.norm_ffn.eps, self.up_proj[b])
+        return self.ops.silu_linear_add(x, gate_up, self.config.ffn_dim, block.ffn.proj_down.weight)
 
     def slstm_block(self, b: int, x: torch.Tensor, state):
         """An sLSTM block's layer (the model's own code) and its residual; the FFN is ffn()."""
@@ -181,14 +180,8 @@ class FastModel:
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, S, vocab) fp32, soft-capped."""
         norm = self.model.out_norm
-        logits = F.linear(self.ops.rms_norm(x, norm.weight, norm.eps), self.model.lm_head.weight)
-        return self.ops.soft_cap(logits, self.config.logit_soft_cap)
-
-    @staticmethod
-    def _add_linear(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x + inp @ weightᵀ as one matmul with the residual as its addend."""
-        out = torch.addmm(x.reshape(-1, x.shape[-1]), inp.reshape(-1, inp.shape[-1]), weight.t())
-        return out.view(x.shape)
+        return self.ops.rms_linear_soft_cap(x, norm.weight, norm.eps, self.model.lm_head.weight,
+                                            self.config.logit_soft_cap)
 
     # -- the whole forward ----------------------------------------------------------------
     @torch.no_grad()

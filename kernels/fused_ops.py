@@ -8,6 +8,9 @@ the same roundings to the weight dtype at the same points; TorchOps is the refer
     head_norm_gate(h, o_pre, w, eps)       per-head layer norm of h, times w, times sigmoid(o_pre)
     silu_mul(gate_up, hidden)              silu(gate) * up from one [gate | up] projection
     soft_cap(x, cap)                       cap * tanh(x / cap) in fp32 (gates and logits)
+    rms_linear, rms_linear_soft_cap,       a stage fused with the matmul after it (and the
+    head_norm_gate_linear_add,             residual or soft cap after that): TritonOps runs a
+    silu_linear_add                        single-row input (decode) as one GEMV kernel
     mlstm_step_into(...)                   one mLSTM decode step for a band of heads, the gates
                                            soft-capped inside, C updated in place, n and m
                                            written to separate outputs (readers of the old n,
@@ -51,6 +54,33 @@ class TorchOps:
     def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
         """cap * tanh(x / cap) in fp32."""
         return cap * torch.tanh(x.float() / cap)
+
+    # -- an elementwise stage and the matmul after it -------------------------------------
+    @staticmethod
+    def add_linear(x: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x + inp @ weightᵀ as one matmul with the residual as its addend."""
+        out = torch.addmm(x.reshape(-1, x.shape[-1]), inp.reshape(-1, inp.shape[-1]), weight.t())
+        return out.view(x.shape)
+
+    @classmethod
+    def rms_linear(cls, x, norm_weight, eps, weight, bias=None):
+        """linear(rms_norm(x), weight, bias)."""
+        return F.linear(cls.rms_norm(x, norm_weight, eps), weight, bias)
+
+    @classmethod
+    def rms_linear_soft_cap(cls, x, norm_weight, eps, weight, cap):
+        """soft_cap(linear(rms_norm(x), weight), cap): the LM head's logits."""
+        return cls.soft_cap(F.linear(cls.rms_norm(x, norm_weight, eps), weight), cap)
+
+    @classmethod
+    def head_norm_gate_linear_add(cls, x, h, o_pre, norm_weight, eps, weight):
+        """x + head_norm_gate(h, o_pre) @ weightᵀ: an mLSTM layer's output and residual."""
+        return cls.add_linear(x, cls.head_norm_gate(h, o_pre, norm_weight, eps), weight)
+
+    @classmethod
+    def silu_linear_add(cls, x, gate_up, hidden, weight):
+        """x + silu_mul(gate_up) @ weightᵀ: the FFN's down projection and residual."""
+        return cls.add_linear(x, cls.silu_mul(gate_up, hidden), weight)
 
     @classmethod
     def mlstm_step_into(cls, q, k, v, i_pre, f_pre, cap: float, C, n_in, m_in, n_out, m_out, h_out) -> None:

@@ -128,6 +128,112 @@ def _mlstm_step_kernel(
         tl.store(m_out_ptr + b * s_mob + hd * s_moh, m_new)
 
 
+# -- one-row matrix-vector products with the neighbouring elementwise stage fused in -------
+# Decode multiplies one activation row by each weight matrix: pure weight streaming. The
+# stage before each product (RMSNorm, the per-head norm with the output gate, SiLU-times-
+# up) is recomputed from its small input vector by every program as it streams its rows
+# of the weight, and the residual, bias or logit soft cap is applied on the way out: one
+# launch per product instead of two or three.
+
+PRO_NONE, PRO_RMS, PRO_SILU, PRO_HEAD_NORM = 0, 1, 2, 3
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K, stride_w, eps, cap,
+                 PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                 SOFT_CAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < N
+    wdt = w_ptr.dtype.element_ty
+    r = 1.0
+    if PROLOGUE == 1:  # RMSNorm: the scale over the whole input first
+        sq = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            xv = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+            sq += xv * xv
+        r = 1.0 / tl.sqrt(tl.sum(sq, axis=0) / K + eps)
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        if PROLOGUE == 2:  # x = [gate | up] of width 2K: silu(gate) * up
+            g = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            u = tl.load(x_ptr + K + cols, mask=cmask, other=0.0).to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(wdt).to(tl.float32)
+            xv = (act * u).to(wdt).to(tl.float32)
+        else:
+            xv = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            if PROLOGUE == 1:
+                nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
+            if PROLOGUE == 3:  # one chunk is one head (BLOCK_K == head dim): its layer norm
+                mean = tl.sum(xv, axis=0) / BLOCK_K
+                xc = xv - mean
+                var = tl.sum(xc * xc, axis=0) / BLOCK_K
+                y = (xc * (1.0 / tl.sqrt(var + eps))).to(wdt).to(tl.float32)
+                nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                y = (y * nw).to(wdt).to(tl.float32)
+                o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+                gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
+                xv = (gate * y).to(wdt).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                    other=0.0)
+        acc += w.to(tl.float32) * xv[None, :]
+    y = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        y += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if SOFT_CAP:  # logits: rounded like the model's bf16 head output, then capped in fp32
+        y = y.to(wdt).to(tl.float32)
+        y = cap * _tanh(y / cap)
+    tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
+
+
+def _gemv_configs(block_ks):
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
+            for (n, k, w, s) in block_ks]
+
+
+# Tile shapes tried once per (N, K, stage) at first use, outside any graph capture.
+_GEMV_TILES = [(8, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3), (16, 256, 4, 4), (32, 256, 8, 3)]
+_gemv = triton.autotune(configs=_gemv_configs(_GEMV_TILES), key=["N", "K", "PROLOGUE", "SOFT_CAP"])(_gemv_kernel)
+# The per-head norm needs one head per chunk: BLOCK_K is the head dim, the caller's.
+_gemv_head_norm = triton.autotune(
+    configs=[triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
+             for (n, w, s) in [(4, 4, 3), (8, 4, 3), (16, 8, 3), (8, 8, 4)]],
+    key=["N", "K"])(_gemv_kernel)
+
+
+def gemv(x, weight, *, prologue=PRO_NONE, bias=None, residual=None, p1=None, p2=None, eps=0.0,
+         soft_cap=None, block_k=None):
+    """One row: out = stage(x) @ weightᵀ (+ bias) (+ residual), or its soft-capped fp32 logits."""
+    N, K = weight.shape
+    out = torch.empty(N, dtype=torch.float32 if soft_cap is not None else weight.dtype, device=weight.device)
+    dummy = weight
+    args = (x, weight, out, bias if bias is not None else dummy, residual if residual is not None else dummy,
+            p1 if p1 is not None else dummy, p2 if p2 is not None else dummy, N, K, weight.stride(0),
+            float(eps), float(soft_cap or 0.0))
+    flags = dict(PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
+                 SOFT_CAP=soft_cap is not None)
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_N"]),)
+
+    if prologue == PRO_HEAD_NORM:
+        _gemv_head_norm[grid](*args, **flags, BLOCK_K=block_k)
+    else:
+        _gemv[grid](*args, **flags)
+    return out
+
+
+def _one_row(*tensors) -> bool:
+    """All inputs hold a single contiguous row (the decode case the GEMV serves)."""
+    return all(t.numel() == t.shape[-1] and t.is_contiguous() for t in tensors)
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """x as (rows, last) with a unit last stride (a view when possible)."""
     x2 = x.reshape(-1, x.shape[-1])
@@ -183,6 +289,35 @@ class TritonOps(TorchOps):
         block = 1024
         _soft_cap_kernel[(triton.cdiv(N, block),)](xc, out, N, float(cap), BLOCK=block, num_warps=4)
         return out
+
+    @classmethod
+    def rms_linear(cls, x, norm_weight, eps, weight, bias=None):
+        if not _one_row(x):
+            return super().rms_linear(x, norm_weight, eps, weight, bias)
+        out = gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, bias=bias)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @classmethod
+    def rms_linear_soft_cap(cls, x, norm_weight, eps, weight, cap):
+        if not _one_row(x):
+            return super().rms_linear_soft_cap(x, norm_weight, eps, weight, cap)
+        out = gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, soft_cap=cap)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @classmethod
+    def head_norm_gate_linear_add(cls, x, h, o_pre, norm_weight, eps, weight):
+        DH = h.shape[-1]
+        if not (_one_row(x, o_pre) and h.numel() == h.shape[-1] * h.shape[-2] and h.is_contiguous()
+                and DH == triton.next_power_of_2(DH)):
+            return super().head_norm_gate_linear_add(x, h, o_pre, norm_weight, eps, weight)
+        out = gemv(h, weight, prologue=PRO_HEAD_NORM, p1=o_pre, p2=norm_weight, eps=eps, residual=x, block_k=DH)
+        return out.view(x.shape)
+
+    @classmethod
+    def silu_linear_add(cls, x, gate_up, hidden, weight):
+        if not _one_row(x, gate_up):
+            return super().silu_linear_add(x, gate_up, hidden, weight)
+        return gemv(gate_up, weight, prologue=PRO_SILU, residual=x).view(x.shape)
 
     @staticmethod
     def mlstm_step_into(q, k, v, i_pre, f_pre, cap, C, n_in, m_in, n_out, m_out, h_out):

@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-ALL = ("checks", "gemv", "decode", "prefill")
+ALL = ("checks", "gemv", "decode", "profile", "prefill")
 
 
 def sync():
@@ -159,7 +159,77 @@ def section_checks(res):
                                                  "C_rel_last": rel(sched.materialize(st2[-1])[0], ref_state[-1][0]),
                                                  "counters": sched.counters.as_dict()}
     del model
+    out["fp32_and_bf16_paths_350m"] = _path_precision(dev, g)
+    out["gemv_composites"] = _gemv_composite_checks(dev, g)
     res["checks"] = out
+
+
+def _path_precision(dev, g):
+    """The fast paths in fp32 against the model in fp32 (same function, fp32 rounding), and
+    both bf16 paths against the fp32 model (is the fast path's bf16 error the model's?)."""
+    import copy
+
+    from kernels import XLSTM, get_config
+    from kernels.fastpath import FastModel
+    from schedulers import Knobs, make_scheduler
+    from schedulers.graphs import GraphDecoder
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = get_config("350m")
+    m32 = XLSTM(cfg, device=dev, dtype=torch.float32, seed=3)
+    m16 = copy.deepcopy(m32).to(torch.bfloat16)
+    prompt = torch.randint(0, cfg.vocab_size, (1, 300), device=dev, generator=g)
+    knobs = Knobs(workers=2, heads_per_band=4, chunk_size=300, T_inner=300)
+    out = {}
+    with torch.no_grad():
+        ref, st32 = m32(prompt)
+        ref_next, _ = m32(ref[:, -1:].argmax(-1), [tuple(t.clone() for t in s) for s in st32])
+        for name, model in (("fp32", m32), ("bf16", m16)):
+            plain, plain_state = model(prompt)
+            plain_next, _ = model(ref[:, -1:].argmax(-1), [tuple(t.clone() for t in s) for s in plain_state])
+            fast = FastModel(model)
+            with make_scheduler("sequential", knobs, device=dev, dtype=model.dtype) as sched:
+                lg, st = fast.forward(prompt, None, sched)
+                dec = GraphDecoder(model, knobs, fast=fast)
+                dec.load_state(st, sched.materialize)
+                nxt = dec.step(ref[:, -1:].argmax(-1)).clone()
+            out[name] = {"model_prefill_vs_fp32_model": rel(plain, ref), "fast_prefill_vs_fp32_model": rel(lg, ref),
+                         "fast_prefill_vs_same_dtype_model": rel(lg, plain),
+                         "model_step_vs_fp32_model": rel(plain_next, ref_next),
+                         "graph_step_vs_fp32_model": rel(nxt, ref_next),
+                         "graph_step_vs_same_dtype_model": rel(nxt, plain_next)}
+            del dec, fast
+    return out
+
+
+def _gemv_composite_checks(dev, g):
+    from kernels.fused_ops import TorchOps
+    from kernels.triton_ops import TritonOps
+
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        d, hidden, NH, DH = 4096, 10944, 8, 512
+
+        def r(*shape, scale=1.0):
+            return (torch.randn(*shape, device=dev, generator=g) * scale).to(dt)
+
+        x, nw = r(1, 1, d), (torch.rand(d, device=dev, generator=g) + 0.5).to(dt)
+        W, b = r(12304, d, scale=0.02), r(12304)
+        cases = {
+            "rms_linear": lambda ops: ops.rms_linear(x, nw, 1e-6, W, b),
+            "rms_linear_soft_cap": lambda ops: ops.rms_linear_soft_cap(x, nw, 1e-6, W, 30.0),
+        }
+        h, o, hw, Wo = r(1, 1, NH, DH), r(1, 1, d), (torch.rand(d, device=dev, generator=g) + 0.5).to(dt), r(d, d, scale=0.02)
+        cases["head_norm_gate_linear_add"] = lambda ops: ops.head_norm_gate_linear_add(x, h, o, hw, 1e-6, Wo)
+        gu, Wd = r(1, 1, 2 * hidden), r(d, hidden, scale=0.02)
+        cases["silu_linear_add"] = lambda ops: ops.silu_linear_add(x, gu, hidden, Wd)
+        res = {}
+        for name, fn in cases.items():
+            a, bb = fn(TorchOps), fn(TritonOps)
+            res[name] = {"rel": rel(bb, a), "equal_frac": (a == bb).float().mean().item(),
+                         "max_ulps_bf16": ((a.float() - bb.float()).abs() / a.float().abs().clamp_min(1e-30)).max().item()}
+        out[str(dt)] = res
+    return out
 
 
 def section_gemv(res):
@@ -183,7 +253,103 @@ def section_gemv(res):
         out[name] = {"us": t * 1e6, "TBps": n_out * n_in * 2 / t / 1e12}
         del ws, g
     torch.cuda.empty_cache()
+    out["fused"] = _fused_gemv_timings(dev)
     res["gemv"] = out
+
+
+def _fused_gemv_timings(dev):
+    """Each decode stage as the fused GEMV (TritonOps) and as torch composition (TorchOps),
+    four weight copies rotated so no weight sits in L2, 20 rounds in one graph."""
+    import kernels.triton_ops as to
+    from kernels.fused_ops import TorchOps
+    from kernels.triton_ops import TritonOps
+
+    d, hidden, NH, DH = 4096, 10944, 8, 512
+    bf = torch.bfloat16
+    x = torch.randn(1, 1, d, device=dev, dtype=bf)
+    nw = torch.rand(d, device=dev, dtype=bf) + 0.5
+    h, o = torch.randn(1, 1, NH, DH, device=dev, dtype=bf), torch.randn(1, 1, d, device=dev, dtype=bf)
+    gu = torch.randn(1, 1, 2 * hidden, device=dev, dtype=bf)
+    shapes = {"rms_linear/qkvoif": (12304, d), "head_norm_gate_linear_add/out": (d, d),
+              "rms_linear/up2": (2 * hidden, d), "silu_linear_add/down": (d, hidden),
+              "rms_linear_soft_cap/lm_head": (50304, d)}
+    out = {}
+    for name, (n, k) in shapes.items():
+        ws = [torch.randn(n, k, device=dev, dtype=bf) * 0.02 for _ in range(4)]
+        bias = torch.randn(n, device=dev, dtype=bf) if name.endswith("qkvoif") else None
+        stage = name.split("/")[0]
+
+        def call(ops, w):
+            if stage == "rms_linear":
+                return ops.rms_linear(x, nw, 1e-6, w, bias)
+            if stage == "rms_linear_soft_cap":
+                return ops.rms_linear_soft_cap(x, nw, 1e-6, w, 30.0)
+            if stage == "head_norm_gate_linear_add":
+                return ops.head_norm_gate_linear_add(x, h, o, nw, 1e-6, w)
+            return ops.silu_linear_add(x, gu, hidden, w)
+
+        row = {}
+        for label, ops in (("triton", TritonOps), ("torch", TorchOps)):
+            for w in ws:
+                call(ops, w)  # autotune / warm-up outside the capture
+            sync()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(20):
+                    for w in ws:
+                        call(ops, w)
+            t = statistics.median(timed(graph.replay, 10)) / 80
+            row[label] = {"us": t * 1e6, "TBps": n * k * 2 / t / 1e12}
+            del graph
+        out[name] = row
+        del ws
+    out["autotune_choice"] = {str(k): str(v) for k, v in {**to._gemv.cache, **to._gemv_head_norm.cache}.items()}
+    torch.cuda.empty_cache()
+    return out
+
+
+def section_profile(res):
+    """Where the 8192-token prefill spends GPU time (top kernels) and the CPU/GPU balance."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels import XLSTM, get_config
+    from kernels.fastpath import FastModel
+    from schedulers import Knobs, make_scheduler
+
+    dev = "cuda"
+    cfg = get_config("7b")
+    model = XLSTM(cfg, device=dev, dtype=torch.bfloat16, seed=0)
+    fast = FastModel(model)
+    tok = torch.randint(0, cfg.vocab_size, (1, 8192), device=dev)
+    out = {}
+    with torch.no_grad(), make_scheduler("sequential", Knobs(1, 8, 8192, 8192), device=dev,
+                                         dtype=torch.bfloat16) as sched:
+        fast.forward(tok, None, sched)
+        sync()
+        t = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fast.forward(tok, None, sched)
+            cpu_issue = time.perf_counter() - t
+            sync()
+        out["wall_s"] = time.perf_counter() - t
+        out["cpu_issue_s"] = cpu_issue
+        events = prof.key_averages()
+        rows = []
+        for e in events:
+            dev_t = getattr(e, "self_device_time_total", None)
+            if dev_t is None:
+                dev_t = getattr(e, "self_cuda_time_total", 0)
+            if dev_t:
+                rows.append((dev_t, e.key, e.count))
+        rows.sort(reverse=True)
+        out["gpu_total_ms"] = sum(r[0] for r in rows) / 1e3
+        out["top"] = [{"ms": r[0] / 1e3, "name": r[1][:120], "count": r[2]} for r in rows[:40]]
+        # time without the profiler, and the cell alone
+        s = timed(lambda: fast.forward(tok, None, sched), 2)
+        out["forward_s"] = statistics.median(s)
+    del model, fast
+    torch.cuda.empty_cache()
+    res["profile"] = out
 
 
 def section_decode(res):
@@ -234,6 +400,27 @@ def section_decode(res):
                 variants[f"w{w}_hb{hb}"] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
         out["graph"] = variants
+        # the graph without the fused GEMVs (elementwise Triton ops + cuBLAS)
+        from kernels.fused_ops import TorchOps
+        from kernels.triton_ops import TritonOps
+
+        class NoGemv(TritonOps):
+            pass
+
+        for name in ("rms_linear", "rms_linear_soft_cap", "head_norm_gate_linear_add", "silu_linear_add"):
+            setattr(NoGemv, name, TorchOps.__dict__[name])
+        try:
+            from kernels.fastpath import FastModel as _FM
+
+            dec = GraphDecoder(model, Knobs(1, 8, 64, 64), fast=_FM(model, ops=NoGemv))
+            samples = []
+            for _ in range(3):
+                dec.load_state(state)
+                samples += timed(lambda: dec.generate(first, N), 1, warmup=0)
+            out["graph_no_gemv_w1_hb8_tok_s"] = N / statistics.median(samples)
+            del dec
+        except Exception as exc:
+            out["graph_no_gemv"] = f"{type(exc).__name__}: {exc}"
         # the same step without a graph, and the plain model eagerly
         dec = StaticDecoder(model, Knobs(1, 8, 64, 64), fast=fast)
         dec.load_state(state)
@@ -274,20 +461,35 @@ def section_prefill(res):
         fast = FastModel(model)
         for L in (2048, 8192, 32768):
             tok = torch.randint(0, cfg.vocab_size, (1, L), device=dev, generator=g)
-            for label, knobs in (("T=L", Knobs(1, 8, L, L)), ("T=4096", Knobs(1, 8, min(L, 4096), min(L, 4096)))):
-                if label == "T=4096" and L <= 4096:
-                    continue
-                with make_scheduler("sequential", knobs, device=dev, dtype=torch.bfloat16) as sched:
+            for label, knobs in (("T=L", Knobs(1, 8, L, L)), ("w2_hb4_T=L", Knobs(2, 4, L, L))):
+                backend = "queued" if knobs.workers > 1 else "sequential"
+                with make_scheduler(backend, knobs, device=dev, dtype=torch.bfloat16) as sched:
                     s = timed(lambda: fast.forward(tok, None, sched), 2)
                 out[f"fast_{L}_{label}"] = {"tok_s": L / statistics.median(s), "samples_s": s}
                 log("prefill", L, label, out[f"fast_{L}_{label}"]["tok_s"])
                 torch.cuda.empty_cache()
-        for sub in (64, 256):
-            def cell(layer, q, k, v, i, f, state, sub=sub):
-                return ck.mlstm_chunkwise(q, k, v, i, f, state, sub_chunk=sub)
-            s = timed(lambda: fast.forward(tok8, None, cell), 2)
-            out[f"fast_8192_sub{sub}"] = {"tok_s": 8192 / statistics.median(s)}
-            log("prefill sub", sub, out[f"fast_8192_sub{sub}"]["tok_s"])
+        # the cell alone, one 7b layer at 8192 tokens: its share of the prefill
+        B, NH, S = 1, 8, 8192
+        q = torch.randn(B, NH, S, 256, device=dev, dtype=torch.bfloat16, generator=g)
+        k = torch.randn(B, NH, S, 256, device=dev, dtype=torch.bfloat16, generator=g)
+        v = torch.randn(B, NH, S, 512, device=dev, dtype=torch.bfloat16, generator=g)
+        i = torch.randn(B, NH, S, device=dev, generator=g) * 3 - 5
+        f = torch.randn(B, NH, S, device=dev, generator=g) + 4
+        for sub in (64, 128, 256):
+            s_ = timed(lambda: ck.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub), 3)
+            out[f"cell_layer_8192_sub{sub}_ms"] = statistics.median(s_) * 1e3
+        a = q.reshape(-1, 128, 256)
+        bmat = k.reshape(-1, 128, 256).transpose(1, 2)
+        a32, b32 = a.float(), bmat.float()
+        out["qk_fp32_bmm_ms"] = statistics.median(timed(lambda: torch.bmm(a32, b32), 5)) * 1e3
+        try:
+            out["qk_bf16_to_fp32_bmm_ms"] = statistics.median(
+                timed(lambda: torch.bmm(a, bmat, out_dtype=torch.float32), 5)) * 1e3
+            out["qk_bf16_to_fp32_rel"] = rel(torch.bmm(a, bmat, out_dtype=torch.float32), torch.bmm(a32, b32))
+        except Exception as exc:
+            out["qk_bf16_to_fp32"] = f"{type(exc).__name__}: {exc}"
+        c32 = torch.randn(64 * 8, 256, 513, device=dev)
+        out["qC_fp32_bmm_ms"] = statistics.median(timed(lambda: torch.bmm(a32, c32), 5)) * 1e3
         out["peak_mem_GB"] = torch.cuda.max_memory_allocated() / 1e9
     res["prefill"] = out
     del model
