@@ -141,7 +141,7 @@ PRO_NONE, PRO_RMS, PRO_SILU, PRO_HEAD_NORM = 0, 1, 2, 3
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K, stride_w, eps, cap,
                  PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                 SOFT_CAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 SOFT_CAP: tl.constexpr, DH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
@@ -168,11 +168,13 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K,
             if PROLOGUE == 1:
                 nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
                 xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
-            if PROLOGUE == 3:  # one chunk is one head (BLOCK_K == head dim): its layer norm
-                mean = tl.sum(xv, axis=0) / BLOCK_K
-                xc = xv - mean
-                var = tl.sum(xc * xc, axis=0) / BLOCK_K
-                y = (xc * (1.0 / tl.sqrt(var + eps))).to(wdt).to(tl.float32)
+            if PROLOGUE == 3:  # a chunk is whole heads (BLOCK_K a multiple of DH): their layer norms
+                hv = tl.reshape(xv, (BLOCK_K // DH, DH))
+                mean = tl.sum(hv, axis=1) / DH
+                xc = hv - mean[:, None]
+                var = tl.sum(xc * xc, axis=1) / DH
+                y = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+                y = tl.reshape(y, (BLOCK_K,)).to(wdt).to(tl.float32)
                 nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
                 y = (y * nw).to(wdt).to(tl.float32)
                 o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
@@ -192,23 +194,29 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K,
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
-def _gemv_configs(block_ks):
-    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=s)
-            for (n, k, w, s) in block_ks]
+def _gemv_configs(tiles):
+    return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st) for (n, k, w, st) in tiles]
 
 
-# Tile shapes tried once per (N, K, stage) at first use, outside any graph capture.
-_GEMV_TILES = [(8, 512, 4, 3), (16, 512, 8, 3), (4, 1024, 4, 3), (16, 256, 4, 4), (32, 256, 8, 3)]
-_gemv = triton.autotune(configs=_gemv_configs(_GEMV_TILES), key=["N", "K", "PROLOGUE", "SOFT_CAP"])(_gemv_kernel)
-# The per-head norm needs one head per chunk: BLOCK_K is the head dim, the caller's.
-_gemv_head_norm = triton.autotune(
-    configs=[triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s)
-             for (n, w, s) in [(4, 4, 3), (8, 4, 3), (16, 8, 3), (8, 8, 4)]],
-    key=["N", "K"])(_gemv_kernel)
+# (BLOCK_N, BLOCK_K, warps, stages), tried once per (N, K, stage) at first use, outside any
+# graph capture.
+GEMV_TILES = [(4, 1024, 4, 3), (8, 512, 4, 3), (2, 2048, 4, 3), (4, 2048, 8, 3), (8, 1024, 8, 3), (4, 1024, 4, 4)]
+
+
+def _head_norm_tiles(configs, named_args, **kwargs):
+    # The per-head norm needs whole heads in a chunk.
+    dh, k = named_args["DH"], named_args["K"]
+    kept = [c for c in configs if c.kwargs["BLOCK_K"] % dh == 0 and k % c.kwargs["BLOCK_K"] == 0]
+    return kept or [triton.Config({"BLOCK_N": 8, "BLOCK_K": dh}, num_warps=4, num_stages=3)]
+
+
+_gemv = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "PROLOGUE", "SOFT_CAP"])(_gemv_kernel)
+_gemv_head_norm = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "DH"],
+                                  prune_configs_by={"early_config_prune": _head_norm_tiles})(_gemv_kernel)
 
 
 def gemv(x, weight, *, prologue=PRO_NONE, bias=None, residual=None, p1=None, p2=None, eps=0.0,
-         soft_cap=None, block_k=None):
+         soft_cap=None, head_dim=1):
     """One row: out = stage(x) @ weightᵀ (+ bias) (+ residual), or its soft-capped fp32 logits."""
     N, K = weight.shape
     out = torch.empty(N, dtype=torch.float32 if soft_cap is not None else weight.dtype, device=weight.device)
@@ -217,15 +225,12 @@ def gemv(x, weight, *, prologue=PRO_NONE, bias=None, residual=None, p1=None, p2=
             p1 if p1 is not None else dummy, p2 if p2 is not None else dummy, N, K, weight.stride(0),
             float(eps), float(soft_cap or 0.0))
     flags = dict(PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
-                 SOFT_CAP=soft_cap is not None)
+                 SOFT_CAP=soft_cap is not None, DH=head_dim)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]),)
 
-    if prologue == PRO_HEAD_NORM:
-        _gemv_head_norm[grid](*args, **flags, BLOCK_K=block_k)
-    else:
-        _gemv[grid](*args, **flags)
+    (_gemv_head_norm if prologue == PRO_HEAD_NORM else _gemv)[grid](*args, **flags)
     return out
 
 
@@ -310,7 +315,7 @@ class TritonOps(TorchOps):
         if not (_one_row(x, o_pre) and h.numel() == h.shape[-1] * h.shape[-2] and h.is_contiguous()
                 and DH == triton.next_power_of_2(DH)):
             return super().head_norm_gate_linear_add(x, h, o_pre, norm_weight, eps, weight)
-        out = gemv(h, weight, prologue=PRO_HEAD_NORM, p1=o_pre, p2=norm_weight, eps=eps, residual=x, block_k=DH)
+        out = gemv(h, weight, prologue=PRO_HEAD_NORM, p1=o_pre, p2=norm_weight, eps=eps, residual=x, head_dim=DH)
         return out.view(x.shape)
 
     @classmethod

@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-ALL = ("checks", "gemv", "decode", "profile", "prefill")
+ALL = ("checks", "light", "gemv", "sweep", "decode", "profile", "prefill")
 
 
 def sync():
@@ -232,6 +232,83 @@ def _gemv_composite_checks(dev, g):
     return out
 
 
+def section_light(res):
+    """The checks that changed code needs: fused GEMVs against torch, the sub-chunked form
+    (fp32 and bf16 inputs, the tensor-core q·k path) against a float64 loop."""
+    from kernels import mlstm_sequence
+    from kernels.chunkwise import mlstm_chunkwise
+
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(5)
+    out = {"gemv_composites": _gemv_composite_checks(dev, g)}
+    B, NH, S, DK, DV = 1, 2, 700, 64, 128
+    x = [torch.randn(B, NH, S, DK, device=dev, generator=g, dtype=torch.float64) for _ in range(2)]
+    x.append(torch.randn(B, NH, S, DV, device=dev, generator=g, dtype=torch.float64))
+    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 3)
+    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 2 + 3)
+    h_ref, s_ref = mlstm_sequence(*x)
+    h, s = mlstm_chunkwise(*(t.float() for t in x))
+    out["chunkwise_fp32_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
+                                    "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
+    xb = [t.to(torch.bfloat16) for t in x[:3]] + [t.float() for t in x[3:]]
+    h_ref, s_ref = mlstm_sequence(*(t.double() for t in xb))
+    h, s = mlstm_chunkwise(*xb)
+    out["chunkwise_bf16_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
+                                    "m_abs": (s[2].double() - s_ref[2]).abs().max().item(),
+                                    "h_dtype": str(h.dtype)}
+    res["light"] = out
+
+
+SWEEP_TILES = [(1, 4096, 4, 3), (2, 2048, 4, 3), (2, 4096, 8, 3), (4, 1024, 4, 3), (4, 1024, 4, 4),
+               (4, 2048, 8, 3), (4, 2048, 4, 3), (8, 512, 4, 3), (8, 1024, 8, 3), (8, 1024, 4, 3),
+               (16, 512, 8, 3), (16, 256, 4, 4), (2, 1024, 4, 4), (4, 512, 4, 4), (8, 2048, 8, 2),
+               (1, 2048, 4, 4)]
+
+
+def section_sweep(res):
+    """Every tile shape of the fused GEMV on the 7b decode products (triton's benchmark,
+    L2 flushed between runs): which tiles the production list should hold."""
+    import triton
+
+    import kernels.triton_ops as to
+
+    dev = "cuda"
+    bf = torch.bfloat16
+    d, hidden, NH, DH = 4096, 10944, 8, 512
+    x = torch.randn(d, device=dev, dtype=bf)
+    nw = torch.rand(d, device=dev, dtype=bf) + 0.5
+    h, o = torch.randn(d, device=dev, dtype=bf), torch.randn(d, device=dev, dtype=bf)
+    gu = torch.randn(2 * hidden, device=dev, dtype=bf)
+    cases = {
+        "qkvoif_rms_bias": (12304, d, to.PRO_RMS, dict(bias=torch.randn(12304, device=dev, dtype=bf), p1=nw)),
+        "out_head_norm_res": (d, d, to.PRO_HEAD_NORM, dict(residual=x, p1=o, p2=nw)),
+        "up2_rms": (2 * hidden, d, to.PRO_RMS, dict(p1=nw)),
+        "down_silu_res": (d, hidden, to.PRO_SILU, dict(residual=x)),
+        "lm_head_rms_cap": (50304, d, to.PRO_RMS, dict(p1=nw, soft_cap=30.0)),
+    }
+    out = {}
+    for name, (n, k, pro, kw) in cases.items():
+        w = torch.randn(n, k, device=dev, dtype=bf) * 0.02
+        tuner = triton.autotune(configs=to._gemv_configs(SWEEP_TILES), key=["N", "K", "PROLOGUE", "DH"],
+                                prune_configs_by={"early_config_prune": to._head_norm_tiles}
+                                if pro == to.PRO_HEAD_NORM else None)(to._gemv_kernel)
+        inp = {to.PRO_RMS: x, to.PRO_HEAD_NORM: h, to.PRO_SILU: gu}[pro]
+        soft = kw.get("soft_cap")
+        o_buf = torch.empty(n, device=dev, dtype=torch.float32 if soft else bf)
+        args = (inp, w, o_buf, kw.get("bias", w), kw.get("residual", w), kw.get("p1", w), kw.get("p2", w),
+                n, k, w.stride(0), 1e-6, float(soft or 0.0))
+        tuner[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
+            *args, PROLOGUE=pro, HAS_BIAS="bias" in kw, HAS_RES="residual" in kw, SOFT_CAP=soft is not None,
+            DH=DH if pro == to.PRO_HEAD_NORM else 1)
+        timings = getattr(tuner, "configs_timings", {}) or {}
+        rows = sorted(((t[0] if isinstance(t, (list, tuple)) else t, str(c)) for c, t in timings.items()))
+        out[name] = [{"us": ms * 1e3, "TBps": n * k * 2 / (ms * 1e-3) / 1e12, "config": c[:60]} for ms, c in rows]
+        log("sweep", name, out[name][:1])
+        del w
+    torch.cuda.empty_cache()
+    res["sweep"] = out
+
+
 def section_gemv(res):
     dev = "cuda"
     out = {}
@@ -400,6 +477,9 @@ def section_decode(res):
                 variants[f"w{w}_hb{hb}"] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
         out["graph"] = variants
+        import kernels.triton_ops as to
+
+        out["autotune_choice"] = {str(k)[:60]: str(v)[:70] for k, v in {**to._gemv.cache, **to._gemv_head_norm.cache}.items()}
         # the graph without the fused GEMVs (elementwise Triton ops + cuBLAS)
         from kernels.fused_ops import TorchOps
         from kernels.triton_ops import TritonOps
