@@ -205,7 +205,8 @@ GEMV_TILES = [(4, 1024, 4, 3), (8, 512, 4, 3), (2, 2048, 4, 3), (4, 2048, 8, 3),
 
 def _head_norm_tiles(configs, named_args, **kwargs):
     # The per-head norm needs whole heads in a chunk.
-    dh, k = named_args["DH"], named_args["K"]
+    dh = named_args["DH"] if "DH" in named_args else kwargs["DH"]
+    k = named_args["K"] if "K" in named_args else kwargs["K"]
     kept = [c for c in configs if c.kwargs["BLOCK_K"] % dh == 0 and k % c.kwargs["BLOCK_K"] == 0]
     return kept or [triton.Config({"BLOCK_N": 8, "BLOCK_K": dh}, num_warps=4, num_stages=3)]
 
