@@ -72,6 +72,7 @@ class DiscreteSpace:
         self.sizes = np.asarray([len(self.values[k]) for k in self.knob_names], dtype=np.int32)
         self._neighbours: list[np.ndarray] | None = None
         self._neighbour_matrix: np.ndarray | None = None
+        self._unit_coords: np.ndarray | None = None
 
     # -- lookup ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -153,6 +154,20 @@ class DiscreteSpace:
                 row[k] = here
             result.append(np.asarray(found, dtype=np.int64))
         return result
+
+    def unit_coords(self) -> np.ndarray:
+        """Coordinates for L1 distances: an ordered knob's position scaled to [0, 1]; a
+        categorical knob one-hot with 0.5 per column, so a different value counts 1."""
+        if self._unit_coords is None:
+            cols = []
+            for k, ordered in enumerate(self.ordered):
+                pos = self.coords[:, k].astype(np.float64)
+                if ordered:
+                    cols.append((pos / max(1, int(self.sizes[k]) - 1))[:, None])
+                else:
+                    cols.append(0.5 * (pos[:, None] == np.arange(self.sizes[k])[None, :]))
+            self._unit_coords = np.hstack(cols)
+        return self._unit_coords
 
     def distance(self, target: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """Distance from a coordinate row to each candidate config (indices).

@@ -15,9 +15,10 @@ from autotune.strategies.base import Proposal, Strategy
 from autotune.strategies.history import History
 
 
-def arm_statistics(space: DiscreteSpace, history: History) -> list[tuple[np.ndarray, np.ndarray]]:
+def arm_statistics(space: DiscreteSpace, history: History,
+                   u: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per knob: (sum of utilities, number of observations) for each value."""
-    u = history.utility()
+    u = history.utility() if u is None else u
     seen = history.observed
     stats = []
     for k in range(len(space.knob_names)):

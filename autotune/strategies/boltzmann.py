@@ -10,6 +10,7 @@ accumulate, moving from exploring to exploiting.
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.distance import cdist
 
 from autotune.space import DiscreteSpace
 from autotune.strategies.bandit import arm_statistics
@@ -17,14 +18,13 @@ from autotune.strategies.base import Proposal, Strategy
 from autotune.strategies.history import History
 
 
-def predicted_utility(space: DiscreteSpace, history: History, candidates: np.ndarray, *,
+def predicted_utility(space: DiscreteSpace, history: History, candidates: np.ndarray, u: np.ndarray, *,
                       shrink: float, neighbour_weight: float) -> np.ndarray:
-    """Predicted utility in [0, 1] for each candidate config index."""
-    u = history.utility()
+    """Predicted utility in [0, 1] for each candidate config index, from utilities u."""
     seen = history.observed
     prior = float(np.mean(u[seen])) if len(seen) else 0.5
     additive = np.full(len(candidates), prior)
-    for k, (sums, counts) in enumerate(arm_statistics(space, history)):
+    for k, (sums, counts) in enumerate(arm_statistics(space, history, u)):
         value_mean = (sums + shrink * prior) / (counts + shrink)
         additive += value_mean[space.coords[candidates, k]] - prior
     additive = np.clip(additive, 0.0, 1.0)
@@ -40,14 +40,39 @@ def predicted_utility(space: DiscreteSpace, history: History, candidates: np.nda
     return (1.0 - w) * additive + w * nb_mean
 
 
+def kernel_utility(space: DiscreteSpace, history: History, candidates: np.ndarray, u: np.ndarray,
+                   fallback: np.ndarray, *, length: float, prior_weight: float, max_reference: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Kernel regression of utility over the observed configs: each observed config
+    counts with weight exp(-distance / length), the fallback with prior_weight."""
+    seen = history.observed
+    if not len(seen):
+        return fallback
+    if len(seen) > max_reference:  # keep the best half, sample the rest: bounded cost
+        order = np.argsort(-u[seen], kind="stable")
+        keep = order[: max_reference // 2]
+        rest = rng.choice(order[max_reference // 2 :], size=max_reference - len(keep), replace=False)
+        seen = seen[np.concatenate([keep, rest])]
+    unit = space.unit_coords()
+    w = np.exp(-cdist(unit[candidates], unit[seen], "cityblock") / length)
+    return (w @ u[seen] + prior_weight * fallback) / (w.sum(axis=1) + prior_weight)
+
+
 class BoltzmannStrategy(Strategy):
     name = "boltzmann"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, t_start: float = 0.2,
-                 t_end: float = 0.02, horizon: int = 60, shrink: float = 2.0, neighbour_weight: float = 0.6):
+                 t_end: float = 0.02, horizon: int = 60, shrink: float = 2.0, neighbour_weight: float = 0.6,
+                 model: str = "neighbours", length: float = 0.3, prior_weight: float = 0.5,
+                 max_reference: int = 200, max_candidates: int = 3000, power: float = 1.0):
         super().__init__(space, rng)
         self.t_start, self.t_end, self.horizon = t_start, t_end, horizon
         self.shrink, self.neighbour_weight = shrink, neighbour_weight
+        if model not in ("neighbours", "kernel"):
+            raise ValueError(f"boltzmann model must be 'neighbours' or 'kernel', got {model!r}")
+        self.model, self.length, self.prior_weight = model, length, prior_weight
+        self.max_reference, self.max_candidates = max_reference, max_candidates
+        self.power = power  # > 1 stresses the difference between good and best results
 
     def temperature(self, n_observed: int) -> float:
         """Geometric annealing from t_start to t_end over `horizon` observations, then flat."""
@@ -56,8 +81,14 @@ class BoltzmannStrategy(Strategy):
 
     def propose(self, history: History) -> Proposal:
         free = history.free_indices()
-        pred = predicted_utility(self.space, history, free, shrink=self.shrink,
+        if len(free) > self.max_candidates:  # a random subset keeps a proposal cheap on huge spaces
+            free = free[self.rng.choice(len(free), size=self.max_candidates, replace=False)]
+        u = history.utility() ** self.power
+        pred = predicted_utility(self.space, history, free, u, shrink=self.shrink,
                                  neighbour_weight=self.neighbour_weight)
+        if self.model == "kernel":
+            pred = kernel_utility(self.space, history, free, u, pred, length=self.length,
+                                  prior_weight=self.prior_weight, max_reference=self.max_reference, rng=self.rng)
         temp = self.temperature(len(history.observed))
         logits = (pred - pred.max()) / temp
         p = np.exp(logits)

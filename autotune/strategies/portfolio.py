@@ -1,15 +1,18 @@
 """Portfolio: a meta-bandit that picks which strategy proposes each trial.
 
 Credit follows the area-under-curve bandit of OpenTuner: a strategy's recent uses form
-a 0/1 sequence (1 when its trial beat every result finished before it), weighted so
-later uses count more; its score is that AUC plus an exploration bonus
-c * sqrt(2 ln(uses of all) / uses of it). Everything is read back from the study's
-trials and their 'strategy' attr, so credit survives a resume and counts the work of
-every worker.
+a sequence of credits, weighted so later uses count more; its score is that AUC plus
+an exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's credit is
+either 1 when its trial beat every result finished before it, else 0 (credit="best",
+OpenTuner's), or the rank of its result among all results so far, in [0, 1]
+(credit="rank": denser, so the bandit learns within a small budget). Everything is
+read back from the study's trials and their 'strategy' attr, so credit survives a
+resume and counts the work of every worker.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -20,23 +23,41 @@ from autotune.strategies.base import Proposal, Strategy
 from autotune.strategies.history import History
 
 
-def improvement_credits(history: History) -> list[tuple[str | None, float]]:
-    """(strategy, credit) per finished trial in order: 1 if it set a new best, else 0."""
-    best = -math.inf
-    credits = []
-    for event in history.events:
-        better = event.value is not None and event.value > best
-        credits.append((event.strategy, 1.0 if better else 0.0))
-        if event.value is not None:
-            best = max(best, event.value)
-    return credits
+class CreditLedger:
+    """Credit per finished trial, computed once when the trial is first seen (history
+    only ever appends, and a credit depends only on what finished before it)."""
+
+    def __init__(self, kind: str):
+        if kind not in ("best", "rank"):
+            raise ValueError(f"portfolio credit must be 'best' or 'rank', got {kind!r}")
+        self.kind = kind
+        self.credits: list[tuple[str | None, float]] = []
+        self._sorted: list[float] = []  # values so far, ascending (higher is better)
+        self._failures = 0
+
+    def update(self, history: History) -> list[tuple[str | None, float]]:
+        for event in history.events[len(self.credits):]:
+            self.credits.append((event.strategy, self._credit(event.value)))
+        return self.credits
+
+    def _credit(self, value: float | None) -> float:
+        if value is None:
+            self._failures += 1
+            return 0.0
+        below = bisect.bisect_left(self._sorted, value)
+        beaten_all = below == len(self._sorted)
+        total = len(self._sorted) + self._failures
+        bisect.insort(self._sorted, value)
+        if self.kind == "best":
+            return 1.0 if beaten_all else 0.0
+        return 1.0 if total == 0 else (below + self._failures) / total
 
 
 class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
-                 window: int = 100, exploration: float = 0.2, warmup: int = 4):
+                 window: int = 100, exploration: float = 0.2, warmup: int = 4, credit: str = "rank"):
         super().__init__(space, rng)
         if not members:
             raise ValueError("a portfolio needs at least one member strategy")
@@ -45,6 +66,8 @@ class PortfolioStrategy(Strategy):
         self.exploration = exploration
         self.warmup = warmup  # the first trials are random: nobody has data to beat it with
         self._random_name = "random" if "random" in self.members else None
+        self._ledger = CreditLedger(credit)
+        self._ledger_history: History | None = None
 
     def reseed(self, rng: np.random.Generator) -> None:
         super().reseed(rng)
@@ -53,7 +76,10 @@ class PortfolioStrategy(Strategy):
 
     def scores(self, history: History) -> dict[str, float]:
         """AUC credit plus exploration bonus per member (inf for a member never used)."""
-        recent = [c for c in improvement_credits(history) if c[0] in self.members][-self.window :]
+        if self._ledger_history is not history:  # a new study: start the ledger afresh
+            self._ledger = CreditLedger(self._ledger.kind)
+            self._ledger_history = history
+        recent = [c for c in self._ledger.update(history) if c[0] in self.members][-self.window :]
         per_member: dict[str, list[float]] = {name: [] for name in self.members}
         for name, credit in recent:
             per_member[name].append(credit)
