@@ -17,8 +17,9 @@ started (num_cpus = workers, no dashboard, worker logs not forwarded) and shut d
 close() once the last scheduler using it closes, leaving no raylet, GCS or worker
 process behind. With address=..., the driver joins that cluster and close() only
 disconnects. If Ray is already initialised in this process, the scheduler uses that
-connection and leaves it up. Each actor asks for 1 CPU (and 1/workers of a GPU on
-CUDA; Ray then picks the GPU, so a `cuda:N` index applies to the driver only). On MPS
+connection and leaves it up. On a cluster each actor asks for 1 CPU (on the local
+instance none: one node, nothing to place), and on CUDA for 1/workers of a GPU (Ray
+then picks the GPU, so a `cuda:N` index applies to the driver only). On MPS
 each actor process opens its own Metal device; Ray does not account for it.
 
 Errors: an exception inside an actor reaches the caller as SchedulerError naming layer,
@@ -50,7 +51,7 @@ ACTOR_START_TIMEOUT_S = 120.0
 
 # Ray instances this module started, shared by every RayScheduler of the process.
 _session_lock = threading.Lock()
-_session = {"users": 0, "started_here": False}
+_session = {"users": 0, "owned": False}
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class RayScheduler(Scheduler):
         self._pending_release: deque[int] = deque()  # appended by handle finalizers, any thread
         self._actors: list = []
         self._session_user = False
-        self._owns_connection = False
+        self._address = address
         try:
             self._connect(address)
             self._start_actors()
@@ -166,32 +167,36 @@ class RayScheduler(Scheduler):
         ray = self._ray
         with _session_lock:
             if ray.is_initialized():
-                if _session["started_here"]:
+                if _session["owned"]:  # started or joined by an earlier scheduler: share it
                     _session["users"] += 1
                     self._session_user = True
-                return
+                return  # else initialised by the application: use it, leave it up
             try:
                 if address is not None:
                     ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-                    self._owns_connection = True
-                    return
-                ray.init(num_cpus=self.knobs.workers, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                else:
+                    ray.init(num_cpus=self.knobs.workers, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING)
             except Exception as exc:
                 where = f"join the Ray cluster at {address!r}" if address else "start a local Ray instance"
-                fix = ("check the address (host:port of the head node, or 'auto')" if address
+                fix = ("check the address (host:port of the head node's GCS, or 'auto')" if address
                        else "run `ray stop --force` to clear a stale instance, then retry")
                 raise SchedulerError(f"ray: could not {where}: {exc}; {fix}") from exc
             _session["users"] = 1
-            _session["started_here"] = True
+            _session["owned"] = True
             self._session_user = True
 
     def _start_actors(self) -> None:
         ray = self._ray
         workers = self.knobs.workers
-        options = dict(num_cpus=1, max_restarts=0, max_concurrency=1)
+        # On the single-node instance this module started, CPU accounting serves no
+        # purpose (and would stop a second scheduler sharing it); on a cluster, 1 CPU per
+        # actor spreads the actors over the nodes.
+        cpus = 0 if self._session_user and self._address is None else 1
+        options = dict(num_cpus=cpus, max_restarts=0, max_concurrency=1)
         if self.device.type == "cuda":
             options["num_gpus"] = 1.0 / workers
+        self._check_cluster_size(cpus * workers, 1.0 if self.device.type == "cuda" else 0.0)
         threads = max(1, (os.cpu_count() or 1) // workers) if self.device.type == "cpu" else 1
         actor_cls = ray.remote(BandActor)
         self._actors = [
@@ -211,6 +216,15 @@ class RayScheduler(Scheduler):
         except ray.exceptions.RayError as exc:
             raise SchedulerError(f"ray: an actor failed to start: {exc}") from exc
 
+    def _check_cluster_size(self, cpus: float, gpus: float) -> None:
+        total = self._ray.cluster_resources()
+        for name, need in (("CPU", cpus), ("GPU", gpus)):
+            if need > total.get(name, 0.0) + 1e-9:
+                raise SchedulerError(
+                    f"ray: workers={self.knobs.workers} actors need {need:g} {name} in total but the "
+                    f"Ray cluster has {total.get(name, 0.0):g}; lower workers or add nodes"
+                )
+
     def _kill_actors(self) -> None:
         for actor in self._actors:
             try:
@@ -228,11 +242,10 @@ class RayScheduler(Scheduler):
                 self._session_user = False
                 _session["users"] -= 1
                 if _session["users"] == 0:
-                    _session["started_here"] = False
+                    _session["owned"] = False
+                    # A local instance stops with its processes; a joined cluster is only
+                    # disconnected from and keeps running.
                     ray.shutdown()
-            elif self._owns_connection:
-                self._owns_connection = False
-                ray.shutdown()  # disconnects; the cluster keeps running
 
     def actor_pids(self) -> list[int]:
         """Process ids of this scheduler's actors (for checks that they go away)."""

@@ -221,6 +221,13 @@ def test_states_stay_resident_in_the_actors_and_are_freed(ray_instance):
                 torch.testing.assert_close(got, want, **LOOSE)
 
 
+def test_a_cluster_too_small_for_the_workers_is_a_clear_error(ray_instance):
+    with pytest.raises(SchedulerError, match="workers=5 actors need 5 CPU in total but the Ray cluster has 4; "
+                                             "lower workers or add nodes"):
+        make_scheduler("ray", Knobs(5, 1, 4, 4))
+    assert ray.is_initialized()  # the application's instance is left alone
+
+
 def test_model_prefill_and_decode_through_ray(ray_instance):
     config = get_config("tiny")
     tokens = torch.randint(0, config.vocab_size, (1, 11), generator=torch.Generator().manual_seed(1))
@@ -267,10 +274,10 @@ def test_stuck_actor_hits_the_watchdog_and_is_killed(ray_instance, tmp_path):
     x = random_cell_inputs(1, 4, 12, 3, 3, seed=9)
     bad = (plant_marker(x[0], 1, 2), *x[1:])  # band 1, chunk 0
     stall = StallOnMarker(str(tmp_path / "never-released"), max_wait_s=300)
-    with make_scheduler("ray", Knobs(2, 1, 4, 2), kernel=stall, watchdog_s=5) as sched:
+    with make_scheduler("ray", Knobs(2, 1, 4, 2), kernel=stall, watchdog_s=3) as sched:
         pids = sched.actor_pids()
         start = time.monotonic()
-        with pytest.raises(SchedulerError, match="ray: layer 0 band 1 chunk 0 did not finish within the 5 s watchdog"):
+        with pytest.raises(SchedulerError, match="ray: layer 0 band 1 chunk 0 did not finish within the 3 s watchdog"):
             sched(0, *bad, None)
         assert time.monotonic() - start < 30
         assert wait_until_gone(pids) == set()  # killed although its kernel never returned
