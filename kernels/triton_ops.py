@@ -194,6 +194,78 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K,
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
+@triton.jit
+def _gemv_rows_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K, stride_w, eps, cap,
+                      PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                      SOFT_CAP: tl.constexpr, DH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      STAGES: tl.constexpr, PER_SM: tl.constexpr):
+    # Persistent form for inputs that fit one register block (BLOCK_K >= K): each program
+    # computes the input stage once, then streams whole weight rows, BLOCK_N at a time,
+    # over a grid-stride loop, with STAGES row blocks in flight.
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    wdt = w_ptr.dtype.element_ty
+    cols = tl.arange(0, BLOCK_K)
+    cmask = cols < K
+    if PROLOGUE == 2:
+        g = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + K + cols, mask=cmask, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(wdt).to(tl.float32)
+        xv = (act * u).to(wdt).to(tl.float32)
+    else:
+        xv = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        if PROLOGUE == 1:
+            r = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
+            nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
+        if PROLOGUE == 3:  # BLOCK_K == K: all heads at once
+            hv = tl.reshape(xv, (BLOCK_K // DH, DH))
+            mean = tl.sum(hv, axis=1) / DH
+            xc = hv - mean[:, None]
+            var = tl.sum(xc * xc, axis=1) / DH
+            y = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+            y = tl.reshape(y, (BLOCK_K,)).to(wdt).to(tl.float32)
+            nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            y = (y * nw).to(wdt).to(tl.float32)
+            o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
+            xv = (gate * y).to(wdt).to(tl.float32)
+    blocks = tl.cdiv(N, BLOCK_N)
+    for rb in tl.range(pid, blocks, nprog, num_stages=STAGES):
+        rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                    other=0.0)
+        y = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if HAS_RES:
+            y += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+        if SOFT_CAP:
+            y = y.to(wdt).to(tl.float32)
+            y = cap * _tanh(y / cap)
+        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
+
+
+# The persistent form holds the whole input in registers: used up to this width.
+ROWS_MAX_K = 4096
+# (BLOCK_N, warps, stages, programs per SM)
+ROWS_TILES = [(2, 4, 3, 4), (1, 4, 4, 4), (4, 8, 3, 2), (2, 8, 4, 2), (1, 4, 3, 8), (4, 4, 2, 4)]
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+_gemv_rows = triton.autotune(
+    configs=[triton.Config({"BLOCK_N": n, "STAGES": st, "PER_SM": p}, num_warps=w) for (n, w, st, p) in ROWS_TILES],
+    key=["N", "K", "PROLOGUE", "SOFT_CAP", "DH"])(_gemv_rows_kernel)
+
+
 def _gemv_configs(tiles):
     return [triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w, num_stages=st) for (n, k, w, st) in tiles]
 
@@ -227,6 +299,15 @@ def gemv(x, weight, *, prologue=PRO_NONE, bias=None, residual=None, p1=None, p2=
             float(eps), float(soft_cap or 0.0))
     flags = dict(PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
                  SOFT_CAP=soft_cap is not None, DH=head_dim)
+
+    if triton.next_power_of_2(K) <= ROWS_MAX_K and (prologue != PRO_HEAD_NORM or K == triton.next_power_of_2(K)):
+        sms = _sm_count(weight.device)
+
+        def rows_grid(meta):
+            return (min(triton.cdiv(N, meta["BLOCK_N"]), sms * meta["PER_SM"]),)
+
+        _gemv_rows[rows_grid](*args, **flags, BLOCK_K=triton.next_power_of_2(K))
+        return out
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_N"]),)
