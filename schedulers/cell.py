@@ -42,15 +42,20 @@ class ChunkRunner:
 
     def _window(self, q, k, v, i, f, state):
         if q.shape[2] == 1 and self._step is not None:
-            h, state = self._step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state)
+            args = (q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], state)
+            h, state = self._first_calls_once(self._step, args)
             return h.unsqueeze(2), state
+        return self._first_calls_once(self._block, (q, k, v, i, f, state))
+
+    def _first_calls_once(self, fn, args):
         if not self._serialize_first_calls:
-            return self._block(q, k, v, i, f, state)
-        key = (tuple(q.shape), tuple(v.shape), state is None)
+            return fn(*args)
+        q, v, state = args[0], args[2], args[5]
+        key = (fn is self._step, tuple(q.shape), tuple(v.shape), state is None)
         if key in self._seen_shapes:
-            return self._block(q, k, v, i, f, state)
+            return fn(*args)
         with self._first_call_lock:
-            out = self._block(q, k, v, i, f, state)
+            out = fn(*args)
             self._seen_shapes.add(key)
             return out
 
