@@ -18,9 +18,9 @@ call) is cut here into K sub-chunks of c steps:
 C and n travel together as one (DHQK, DHV + 1) matrix (n is C with v replaced by 1, the
 denominators likewise ride along the numerators), so each scan step is one kernel and
 each output term one matmul. Tensors are laid out sub-chunk-major, so every batched
-matmul reads and writes its operands in place. On CUDA with bf16/fp16 inputs the q·k
-products run on the tensor cores (products of 16-bit values are exact in fp32, sums are
-fp32). A tail of fewer than c steps runs through mlstm_block from the last boundary
+matmul reads and writes its operands in place. On CUDA with bf16 inputs the matmuls run
+on the tensor cores: q, k, v are exact in bf16, every fp32 operand is split into three
+bf16 terms (see 'split' below), and products of bf16 values are exact in fp32. A tail of fewer than c steps runs through mlstm_block from the last boundary
 state. Exact to fp32 rounding against mlstm_sequence: the same stabilised sums in
 another order. Memory: K boundary states plus O(S·c) per head.
 """
@@ -84,36 +84,102 @@ def _k_major(x: torch.Tensor, K: int, c: int, dtype: torch.dtype) -> torch.Tenso
     return out
 
 
-_HALF_QK = {"ok": None}  # whether bf16/fp16 matmuls with fp32 output run here (decided at first use)
+# -- how the stage matmuls run ------------------------------------------------------------
+# 'fp32': every matmul in fp32. 'split' (CUDA, bf16 inputs): q, k, v are exact in bf16; each
+# fp32 operand (the weighted keys, the intra-chunk weights, the incoming states) is written
+# as three bf16 terms hi + lo + lo2 (together within ~2^-25 of it: fp32's own resolution)
+# stacked along the contraction, so each product is ONE tensor-core matmul whose bf16
+# products are exact in fp32 and whose sums are fp32.
+
+_PROBE: dict = {}
 
 
-def _exact_half_qk(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """q·k on the tensor cores: bf16/fp16 products are exact in fp32 and accumulate in fp32."""
-    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or q.device.type != "cuda":
-        return False
-    if _HALF_QK["ok"] is None:
+def _cuda_has(op: str, device: torch.device) -> bool:
+    """Whether torch.bmm/baddbmm take out_dtype=float32 for bf16 operands here."""
+    if op not in _PROBE:
         try:
-            a = torch.ones(1, 2, 2, dtype=q.dtype, device=q.device)
-            _HALF_QK["ok"] = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
-        except (TypeError, RuntimeError):
-            _HALF_QK["ok"] = False
-    return bool(_HALF_QK["ok"])
+            a = torch.ones(1, 2, 2, dtype=torch.bfloat16, device=device)
+            if op == "bmm":
+                ok = torch.bmm(a, a, out_dtype=torch.float32).dtype == torch.float32
+            else:
+                ok = torch.baddbmm(torch.zeros(1, 2, 2, device=device), a, a,
+                                   out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            ok = False
+        _PROBE[op] = ok
+    return _PROBE[op]
 
 
-def _prepare(q, k, v, i, f, C0, n0, m0, sub_chunk: int, half_qk: bool):
+def matmul_mode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """'split' on CUDA for bf16 q, k, v when the fp32-output matmuls exist, else 'fp32'."""
+    if (q.device.type == "cuda" and q.dtype == k.dtype == v.dtype == torch.bfloat16
+            and _cuda_has("bmm", q.device)):
+        return "split"
+    return "fp32"
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of bf16 operands (any batch dims) with fp32 products and sums."""
+    if a.device.type != "cuda":  # the same arithmetic, emulated (tests on the CPU)
+        return torch.matmul(a.float(), b.float())
+    batch = a.shape[:-2]
+    out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32)
+    return out.view(*batch, a.shape[-2], b.shape[-1])
+
+
+def _add_mm32(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c + a @ b (c fp32, a and b bf16), fp32 sums; c is consumed."""
+    if a.device.type == "cuda" and _cuda_has("baddbmm", a.device):
+        out = torch.baddbmm(c.reshape(-1, *c.shape[-2:]), a.reshape(-1, *a.shape[-2:]),
+                            b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32)
+        return out.view(c.shape)
+    return c.add_(_mm32(a, b))
+
+
+def split3(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (fp32) as hi + lo + lo2 in bf16, the three terms stacked on a new axis inserted
+    before x's dimension `axis` (so x (..., P, Q) with axis=-2 gives (..., 3, P, Q))."""
+    axis = axis % x.dim()
+    shape = x.shape[:axis] + (3,) + x.shape[axis:]
+    if out is None:
+        out = torch.empty(shape, dtype=torch.bfloat16, device=x.device)
+    if x.device.type == "cuda" and x.is_contiguous() and out.is_contiguous():
+        try:
+            from kernels.triton_ops import split3_into
+        except ImportError:
+            split3_into = None
+        if split3_into is not None:
+            split3_into(x, out, axis)
+            return out
+    hi = x.to(torch.bfloat16)
+    rest = x - hi.float()
+    lo = rest.to(torch.bfloat16)
+    out.copy_(torch.stack([hi, lo, (rest - lo.float()).to(torch.bfloat16)], dim=axis))
+    return out
+
+
+def _repeat3(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """x three times along a new axis before dimension `axis`, contiguous."""
+    axis = axis % x.dim()
+    return x.unsqueeze(axis).expand(*x.shape[:axis], 3, *x.shape[axis:]).contiguous()
+
+
+def _prepare(q, k, v, i, f, C0, n0, m0, sub_chunk: int, mode: str):
     """Stages 1-2 and the boundary-state contributions (no loops). Shapes: see mlstm_chunkwise.
 
-    Returns, sub-chunk-major (K, B, NH, ...): the q, k copies used by the matmuls, v_aug
-    = [v | 1], D (log weights inside each sub-chunk), b (local cumulative log forget
-    gates), m_start/m_end (stabilisers entering/leaving each sub-chunk), g (the decay
-    of the incoming state over each sub-chunk) and dCn (each sub-chunk's inputs summed
-    into a boundary state, already scaled to m_end).
+    Returns, sub-chunk-major (K, B, NH, ...): the q, k copies the matmuls use, v_aug =
+    [v | 1 | 0 padding] (three stacked copies, (..., 3c, DHVA), in 'split' mode), D (log
+    weights inside each sub-chunk), b (local cumulative log forget gates),
+    m_start/m_end (stabilisers entering/leaving each sub-chunk), g (the decay of the
+    incoming state over each sub-chunk) and dCn (each sub-chunk's inputs summed into a
+    boundary state, already scaled to m_end; fp32).
     """
     B, NH, S, DHQK = q.shape
     DHV = v.shape[-1]
     ct = C0.dtype
     c = sub_chunk
     K = S // c
+    split = mode == "split"
 
     f_log = F.logsigmoid(_k_major(f, K, c, ct))  # (K, B, NH, c)
     b = torch.cumsum(f_log, dim=-1)
@@ -125,59 +191,78 @@ def _prepare(q, k, v, i, f, C0, n0, m0, sub_chunk: int, half_qk: bool):
     g = torch.exp(m_start + B_tot - m_end)  # <= 1
     w = torch.exp(D[..., -1, :] - m_end.unsqueeze(-1))  # (K, B, NH, c), <= 1
 
-    mm_dtype = q.dtype if half_qk else ct
+    mm_dtype = torch.bfloat16 if split else ct
     q_m = _k_major(q, K, c, mm_dtype)
     k_m = _k_major(k, K, c, mm_dtype)
-    v_aug = torch.empty((K, B, NH, c, DHV + 1), dtype=ct, device=q.device)  # n rides along as a column
+    dhva = _aug_width(DHV)
+    v_aug = torch.zeros((K, B, NH, c, dhva), dtype=mm_dtype, device=q.device)  # n rides along as a column
     v_aug[..., :DHV].copy_(v[:, :, : K * c].reshape(B, NH, K, c, DHV).movedim(2, 0))
     v_aug[..., DHV] = 1.0
     kw = k_m * w.unsqueeze(-1)  # fp32
-    dCn = torch.matmul(kw.transpose(-1, -2), v_aug)  # (K, B, NH, DHQK, DHV + 1)
+    if split:
+        v_aug = _repeat3(v_aug, -2).flatten(-3, -2)  # (..., 3c, DHVA)
+        kw3 = split3(kw, -2).flatten(-3, -2)  # (..., 3c, DHQK)
+        dCn = _mm32(kw3.transpose(-1, -2), v_aug)
+    else:
+        dCn = torch.matmul(kw.transpose(-1, -2), v_aug)  # (K, B, NH, DHQK, DHVA)
     return q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn
+
+
+def _aug_width(dhv: int) -> int:
+    """Columns of [v | 1], padded to a multiple of 8 so the matmuls see aligned rows."""
+    return -(-(dhv + 1) // 8) * 8
 
 
 def scan_states(Cn0: torch.Tensor, dCn: torch.Tensor, g: torch.Tensor) -> None:
     """Stage 3, in place: dCn[j] becomes the state after sub-chunk j,
-    g_j * (state before it) + dCn[j]. Cn0 (B, NH, DHQK, DHV+1); dCn (K, B, NH, ...); g (K, B, NH)."""
+    g_j * (state before it) + dCn[j]. Cn0 (B, NH, DHQK, DHVA); dCn (K, B, NH, ...); g (K, B, NH)."""
     g4 = g[..., None, None]
     dCn[0].addcmul_(Cn0, g4[0])
     for j in range(1, dCn.shape[0]):  # sequential: each boundary state needs the one before
         dCn[j].addcmul_(dCn[j - 1], g4[j])
 
 
-def _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, states, half_qk: bool, out_dtype: torch.dtype,
-            dhqk: int):
+def _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, states, mode: str, out_dtype: torch.dtype,
+            dhqk: int, dhv: int):
     """Stage 4: every output from its sub-chunk's incoming state, all sub-chunks batched.
 
     h_t = (q̂_t C_in inter_t + sum_s w_ts v_s) / (max(|q̂_t n_in inter_t + sum_s w_ts|, exp(-m_t)) + eps)
     with w_ts = (q̂_t·k_s) exp(D_ts - m_t): one matmul per term on [v | 1] and [C | n].
     Returns h (B, NH, K*c, DHV) in out_dtype.
     """
-    K, B, NH, c, DHV1 = v_aug.shape
-    DHV = DHV1 - 1
+    K, B, NH, c = D.shape[:4]
+    dhva = Cn0.shape[-1]
     scale = dhqk**-0.5
+    split = mode == "split"
     a = m_start.unsqueeze(-1) + b  # log weight of the incoming state at step t
     m_t = torch.maximum(a, D.amax(dim=-1))
     decay = torch.exp(D - m_t.unsqueeze(-1) + math.log(scale))  # q's scale folded in; 0 above the diagonal
-    if half_qk:
-        qk = torch.bmm(q_m.flatten(0, 2), k_m.flatten(0, 2).transpose(1, 2), out_dtype=torch.float32)
-        weights = qk.view(K, B, NH, c, c).mul_(decay)
+    inter = torch.exp(a - m_t) * scale  # weight of the incoming state, q's scale folded in
+    if split:
+        weights = _mm32(q_m, k_m.transpose(-1, -2)).mul_(decay)
+        # the incoming state's part: q (exact in bf16) against the three terms of each
+        # state, then weighted per step
+        starts = torch.empty((K, B, NH, 3, dhqk, dhva), dtype=torch.bfloat16, device=D.device)
+        split3(Cn0, -2, out=starts[0])
+        if K > 1:
+            split3(states[:-1], -2, out=starts[1:])
+        out = _mm32(_repeat3(q_m, -1).flatten(-2, -1), starts.flatten(-3, -2)).mul_(inter.unsqueeze(-1))
+        out = _add_mm32(out, split3(weights, -1).flatten(-2, -1), v_aug)
     else:
         weights = torch.matmul(q_m, k_m.transpose(-1, -2)).mul_(decay)
-    q_in = q_m * (torch.exp(a - m_t) * scale).unsqueeze(-1)  # q̂ weighted for the incoming state, fp32
-    out = torch.empty_like(v_aug)  # [numerator | denominator] per step
-    torch.matmul(q_in[0], Cn0, out=out[0])
-    if K > 1:
-        torch.matmul(q_in[1:], states[:-1], out=out[1:])
-    out3 = out.view(-1, c, DHV1)
-    out3.baddbmm_(weights.view(-1, c, c), v_aug.view(-1, c, DHV1))
-    denom = torch.maximum(out[..., DHV].abs(), torch.exp(-m_t)) + EPS
-    h = torch.empty((B, NH, K * c, DHV), dtype=out_dtype, device=v_aug.device)
-    torch.div(out[..., :DHV], denom.unsqueeze(-1), out=h.view(B, NH, K, c, DHV).movedim(2, 0))
+        q_in = q_m * inter.unsqueeze(-1)
+        out = torch.empty((K, B, NH, c, dhva), dtype=q_in.dtype, device=D.device)  # [numerator | denominator]
+        torch.matmul(q_in[0], Cn0, out=out[0])
+        if K > 1:
+            torch.matmul(q_in[1:], states[:-1], out=out[1:])
+        out.view(-1, c, dhva).baddbmm_(weights.view(-1, c, c), v_aug.view(-1, c, dhva))
+    denom = torch.maximum(out[..., dhv].abs(), torch.exp(-m_t)) + EPS
+    h = torch.empty((B, NH, K * c, dhv), dtype=out_dtype, device=D.device)
+    torch.div(out[..., :dhv], denom.unsqueeze(-1), out=h.view(B, NH, K, c, dhv).movedim(2, 0))
     return h
 
 
-def _run(prepare, q, k, v, i, f, state, sub_chunk: int):
+def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
     if sub_chunk < 1:
         raise ValueError(f"sub_chunk must be >= 1, got {sub_chunk}")
     B, NH, S, DHQK = q.shape
@@ -185,12 +270,19 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int):
     K = S // sub_chunk
     if K == 0:
         return mlstm_block(q, k, v, i, f, state)
-    C0, n0, m0 = _state_or_zeros(state, B, NH, DHQK, DHV, q.device, _compute_dtype(v))
-    half_qk = _exact_half_qk(q, k)
-    q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk, half_qk)
-    Cn0 = torch.cat([C0, n0.unsqueeze(-1)], dim=-1)
+    if mode is None:
+        mode = matmul_mode(q, k, v)
+    elif mode not in ("fp32", "split"):
+        raise ValueError(f"matmuls must be 'fp32', 'split' or None, got {mode!r}")
+    ct = _compute_dtype(v)
+    if mode == "split" and ct != torch.float32:
+        mode = "fp32"  # float64 references stay exact
+    C0, n0, m0 = _state_or_zeros(state, B, NH, DHQK, DHV, q.device, ct)
+    q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk, mode)
+    dhva = dCn.shape[-1]
+    Cn0 = torch.cat([C0, n0.unsqueeze(-1), C0.new_zeros(B, NH, DHQK, dhva - DHV - 1)], dim=-1)
     scan_states(Cn0, dCn, g)
-    h = _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, dCn, half_qk, v.dtype, DHQK)
+    h = _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, dCn, mode, v.dtype, DHQK, DHV)
     last = dCn[-1]
     out_state = (last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1))
     main = K * sub_chunk
@@ -210,12 +302,15 @@ def mlstm_chunkwise(
     state: MLSTMState | None = None,
     *,
     sub_chunk: int = SUB_CHUNK,
+    matmuls: str | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Advance the state by the S steps given, in sub-chunks of `sub_chunk` steps.
 
     mlstm_block's signature and contract (shapes, fp32 state, h in v's dtype).
+    matmuls: 'fp32', 'split' (three-term bf16 tensor-core products, bf16 q, k, v only;
+    on the CPU emulated in fp32) or None (matmul_mode decides).
     """
-    return _run(_prepare, q, k, v, i, f, state, sub_chunk)
+    return _run(_prepare, q, k, v, i, f, state, sub_chunk, matmuls)
 
 
 def compiled_chunkwise():
@@ -224,7 +319,7 @@ def compiled_chunkwise():
     writes into preallocated buffers, stay eager."""
     prepare = torch.compile(_prepare, dynamic=False, fullgraph=True)
 
-    def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK):
-        return _run(prepare, q, k, v, i, f, state, sub_chunk)
+    def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK, matmuls: str | None = None):
+        return _run(prepare, q, k, v, i, f, state, sub_chunk, matmuls)
 
     return run

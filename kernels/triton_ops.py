@@ -321,6 +321,32 @@ def _one_row(*tensors) -> bool:
     return all(t.numel() == t.shape[-1] and t.is_contiguous() for t in tensors)
 
 
+@triton.jit
+def _split3_kernel(x_ptr, out_ptr, inner, total, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    hi = x.to(tl.bfloat16)
+    rest = x - hi.to(tl.float32)
+    lo = rest.to(tl.bfloat16)
+    lo2 = (rest - lo.to(tl.float32)).to(tl.bfloat16)
+    base = (offs // inner) * (3 * inner) + offs % inner
+    tl.store(out_ptr + base, hi, mask=mask)
+    tl.store(out_ptr + base + inner, lo, mask=mask)
+    tl.store(out_ptr + base + 2 * inner, lo2, mask=mask)
+
+
+def split3_into(x: torch.Tensor, out: torch.Tensor, axis: int) -> None:
+    """kernels.chunkwise.split3 in one pass: x (fp32, contiguous) -> out (bf16, contiguous,
+    x's shape with 3 inserted before dimension `axis`)."""
+    inner = 1
+    for size in x.shape[axis:]:
+        inner *= size
+    total = x.numel()
+    block = 1024
+    _split3_kernel[(triton.cdiv(total, block),)](x, out, inner, total, BLOCK=block, num_warps=4)
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """x as (rows, last) with a unit last stride (a view when possible)."""
     x2 = x.reshape(-1, x.shape[-1])

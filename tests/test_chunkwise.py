@@ -123,3 +123,31 @@ def test_scheduler_with_large_t_inner_matches_reference():
     h_ref, (C_ref, _, _) = mlstm_sequence(*(t.double() for t in x))
     assert rel_err(h, h_ref) < 2e-5
     assert rel_err(sched.materialize(state)[0], C_ref) < 2e-5
+
+
+def test_split3_represents_fp32_values():
+    from kernels.chunkwise import split3
+
+    x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(4)) * 1e3
+    for axis in (-1, -2):
+        terms = split3(x, axis)
+        assert terms.dtype == torch.bfloat16 and terms.shape[axis - 1 if axis < 0 else axis] == 3
+        back = terms.float().sum(dim=axis - 1)
+        assert ((back - x).abs() / x.abs()).max().item() < 2**-23
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_split_matmuls_keep_fp32_resolution(with_state):
+    # The tensor-core form (three bf16 terms per fp32 operand), emulated on the CPU: the
+    # states must stay at fp32 resolution against a float64 loop over the same bf16 inputs.
+    B, NH, S, DK, DV = 1, 2, 200, 16, 24
+    x = inputs(B, NH, S, DK, DV, seed=9)
+    xb = tuple(t.to(torch.bfloat16) for t in x[:3]) + tuple(t.float() for t in x[3:])
+    state = tuple(t.float() for t in random_state(B, NH, DK, DV, seed=10)) if with_state else None
+    ref_state = tuple(t.double() for t in state) if with_state else None
+    h_ref, (C_ref, n_ref, m_ref) = mlstm_sequence(*(t.double() for t in xb), ref_state)
+    h, (C, n, m) = mlstm_chunkwise(*xb, state, sub_chunk=32, matmuls="split")
+    assert h.dtype == torch.bfloat16 and C.dtype == torch.float32
+    assert rel_err(h, h_ref) < 1e-2
+    assert rel_err(C, C_ref) < 2e-6 and rel_err(n, n_ref) < 2e-6
+    assert (m.double() - m_ref).abs().max().item() < 1e-5
