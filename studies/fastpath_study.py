@@ -252,10 +252,14 @@ def section_light(res):
                                     "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
     xb = [t.to(torch.bfloat16) for t in x[:3]] + [t.float() for t in x[3:]]
     h_ref, s_ref = mlstm_sequence(*(t.double() for t in xb))
-    h, s = mlstm_chunkwise(*xb)
-    out["chunkwise_bf16_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
-                                    "m_abs": (s[2].double() - s_ref[2]).abs().max().item(),
-                                    "h_dtype": str(h.dtype)}
+    for mode in ("fp32", "split"):
+        h, s = mlstm_chunkwise(*xb, matmuls=mode)
+        out[f"chunkwise_bf16_{mode}_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]),
+                                                "n": rel(s[1], s_ref[1]),
+                                                "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
+    from kernels.chunkwise import matmul_mode
+
+    out["auto_mode_bf16_cuda"] = matmul_mode(*xb[:3])
     res["light"] = out
 
 
@@ -555,9 +559,21 @@ def section_prefill(res):
         v = torch.randn(B, NH, S, 512, device=dev, dtype=torch.bfloat16, generator=g)
         i = torch.randn(B, NH, S, device=dev, generator=g) * 3 - 5
         f = torch.randn(B, NH, S, device=dev, generator=g) + 4
-        for sub in (64, 128, 256):
-            s_ = timed(lambda: ck.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub), 3)
-            out[f"cell_layer_8192_sub{sub}_ms"] = statistics.median(s_) * 1e3
+        for mode in ("fp32", "split"):
+            for sub in (64, 128, 256):
+                try:
+                    fn = lambda: ck.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub, matmuls=mode)  # noqa: E731
+                    fn()
+                    sync()
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        fn()
+                    s_ = timed(graph.replay, 5)
+                    out[f"cell_gpu_layer_8192_{mode}_sub{sub}_ms"] = statistics.median(s_) * 1e3
+                    del graph
+                except Exception as exc:
+                    out[f"cell_gpu_layer_8192_{mode}_sub{sub}_ms"] = f"{type(exc).__name__}: {exc}"
+                torch.cuda.empty_cache()
         a = q.reshape(-1, 128, 256)
         bmat = k.reshape(-1, 128, 256).transpose(1, 2)
         a32, b32 = a.float(), bmat.float()
