@@ -16,7 +16,7 @@ import time
 import pytest
 import ray
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from kernels import XLSTM, get_config, mlstm_sequence
@@ -92,7 +92,7 @@ def test_joins_an_existing_cluster_by_address_and_leaves_it_running():
                    if any(name in cmdline(pid) for name in ("raylet", "gcs_server"))}
         assert len(cluster) == 2
         x = random_cell_inputs(1, 2, 5, 3, 3, seed=2)
-        with make_scheduler("ray", Knobs(2, 1, 2, 2), address=address) as sched:
+        with make_scheduler("ray", Knobs(1, 1, 2, 2), address=address) as sched:
             actor_pids = sched.actor_pids()
             assert set(actor_pids) <= descendant_pids(head.pid)  # the actors run in that cluster
             h, _ = sched(0, *x, None)
@@ -128,9 +128,10 @@ def cases(draw):
 
 
 # Each example starts actors (seconds): few examples, fixed seed, no shrinking.
-@settings(max_examples=4, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+@settings(max_examples=2, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
+@example((Knobs(2, 1, 4, 2), dict(batch=2, num_heads=4, seq_len=13, qk_dim=3, v_dim=4), 1))
 def test_prefill_then_decode_parity_with_sequential(ray_instance, case):
     knobs, shape, seed = case
     x = random_cell_inputs(**shape, seed=seed)
@@ -274,7 +275,7 @@ def test_stuck_actor_hits_the_watchdog_and_is_killed(ray_instance, tmp_path):
     x = random_cell_inputs(1, 4, 12, 3, 3, seed=9)
     bad = (plant_marker(x[0], 1, 2), *x[1:])  # band 1, chunk 0
     stall = StallOnMarker(str(tmp_path / "never-released"), max_wait_s=300)
-    with make_scheduler("ray", Knobs(2, 1, 4, 2), kernel=stall, watchdog_s=3) as sched:
+    with make_scheduler("ray", Knobs(1, 1, 4, 2), kernel=stall, watchdog_s=3) as sched:
         pids = sched.actor_pids()
         start = time.monotonic()
         with pytest.raises(SchedulerError, match="ray: layer 0 band 1 chunk 0 did not finish within the 3 s watchdog"):
