@@ -6,6 +6,8 @@ order. Imported only where Triton exists (kernels.fused_ops.ops_for decides).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -173,13 +175,13 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K,
                 mean = tl.sum(hv, axis=1) / DH
                 xc = hv - mean[:, None]
                 var = tl.sum(xc * xc, axis=1) / DH
-                y = xc * (1.0 / tl.sqrt(var + eps))[:, None]
-                y = tl.reshape(y, (BLOCK_K,)).to(wdt).to(tl.float32)
+                normed = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+                normed = tl.reshape(normed, (BLOCK_K,)).to(wdt).to(tl.float32)
                 nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                y = (y * nw).to(wdt).to(tl.float32)
+                normed = (normed * nw).to(wdt).to(tl.float32)
                 o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
                 gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
-                xv = (gate * y).to(wdt).to(tl.float32)
+                xv = (gate * normed).to(wdt).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                     other=0.0)
         acc += w.to(tl.float32) * xv[None, :]
@@ -223,28 +225,28 @@ def _gemv_rows_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, 
             mean = tl.sum(hv, axis=1) / DH
             xc = hv - mean[:, None]
             var = tl.sum(xc * xc, axis=1) / DH
-            y = xc * (1.0 / tl.sqrt(var + eps))[:, None]
-            y = tl.reshape(y, (BLOCK_K,)).to(wdt).to(tl.float32)
+            normed = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+            normed = tl.reshape(normed, (BLOCK_K,)).to(wdt).to(tl.float32)
             nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            y = (y * nw).to(wdt).to(tl.float32)
+            normed = (normed * nw).to(wdt).to(tl.float32)
             o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
             gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
-            xv = (gate * y).to(wdt).to(tl.float32)
+            xv = (gate * normed).to(wdt).to(tl.float32)
     blocks = tl.cdiv(N, BLOCK_N)
     for rb in tl.range(pid, blocks, nprog, num_stages=STAGES):
         rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                     other=0.0)
-        y = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+        acc = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
         if HAS_BIAS:
-            y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+            acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         if HAS_RES:
-            y += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+            acc += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
         if SOFT_CAP:
-            y = y.to(wdt).to(tl.float32)
-            y = cap * _tanh(y / cap)
-        tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
+            acc = acc.to(wdt).to(tl.float32)
+            acc = cap * _tanh(acc / cap)
+        tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
 # The persistent form holds the whole input in registers: used up to this width.
@@ -359,6 +361,20 @@ def _warps(block: int) -> int:
 
 class TritonOps(TorchOps):
     name = "triton"
+    # Set when a fused GEMV kernel failed to build or run here: every later call then takes
+    # the composed path (elementwise kernel + cuBLAS), which computes the same function.
+    gemv_unavailable: str | None = None
+
+    @classmethod
+    def _fused(cls, run, fallback):
+        if cls.gemv_unavailable is None:
+            try:
+                return run()
+            except Exception as exc:  # a Triton build or launch failure on this GPU
+                TritonOps.gemv_unavailable = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                warnings.warn(f"fused GEMV kernels unavailable ({TritonOps.gemv_unavailable}); "
+                              "using the composed ops", RuntimeWarning, stacklevel=3)
+        return fallback()
 
     @staticmethod
     def rms_norm(x, weight, eps):
@@ -405,32 +421,44 @@ class TritonOps(TorchOps):
 
     @classmethod
     def rms_linear(cls, x, norm_weight, eps, weight, bias=None):
+        def composed():
+            return super(TritonOps, cls).rms_linear(x, norm_weight, eps, weight, bias)
+
         if not _one_row(x):
-            return super().rms_linear(x, norm_weight, eps, weight, bias)
-        out = gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, bias=bias)
-        return out.view(*x.shape[:-1], weight.shape[0])
+            return composed()
+        return cls._fused(lambda: gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, bias=bias)
+                          .view(*x.shape[:-1], weight.shape[0]), composed)
 
     @classmethod
     def rms_linear_soft_cap(cls, x, norm_weight, eps, weight, cap):
+        def composed():
+            return super(TritonOps, cls).rms_linear_soft_cap(x, norm_weight, eps, weight, cap)
+
         if not _one_row(x):
-            return super().rms_linear_soft_cap(x, norm_weight, eps, weight, cap)
-        out = gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, soft_cap=cap)
-        return out.view(*x.shape[:-1], weight.shape[0])
+            return composed()
+        return cls._fused(lambda: gemv(x, weight, prologue=PRO_RMS, p1=norm_weight, eps=eps, soft_cap=cap)
+                          .view(*x.shape[:-1], weight.shape[0]), composed)
 
     @classmethod
     def head_norm_gate_linear_add(cls, x, h, o_pre, norm_weight, eps, weight):
+        def composed():
+            return super(TritonOps, cls).head_norm_gate_linear_add(x, h, o_pre, norm_weight, eps, weight)
+
         DH = h.shape[-1]
         if not (_one_row(x, o_pre) and h.numel() == h.shape[-1] * h.shape[-2] and h.is_contiguous()
                 and DH == triton.next_power_of_2(DH)):
-            return super().head_norm_gate_linear_add(x, h, o_pre, norm_weight, eps, weight)
-        out = gemv(h, weight, prologue=PRO_HEAD_NORM, p1=o_pre, p2=norm_weight, eps=eps, residual=x, head_dim=DH)
-        return out.view(x.shape)
+            return composed()
+        return cls._fused(lambda: gemv(h, weight, prologue=PRO_HEAD_NORM, p1=o_pre, p2=norm_weight, eps=eps,
+                                       residual=x, head_dim=DH).view(x.shape), composed)
 
     @classmethod
     def silu_linear_add(cls, x, gate_up, hidden, weight):
+        def composed():
+            return super(TritonOps, cls).silu_linear_add(x, gate_up, hidden, weight)
+
         if not _one_row(x, gate_up):
-            return super().silu_linear_add(x, gate_up, hidden, weight)
-        return gemv(gate_up, weight, prologue=PRO_SILU, residual=x).view(x.shape)
+            return composed()
+        return cls._fused(lambda: gemv(gate_up, weight, prologue=PRO_SILU, residual=x).view(x.shape), composed)
 
     @staticmethod
     def mlstm_step_into(q, k, v, i_pre, f_pre, cap, C, n_in, m_in, n_out, m_out, h_out):
