@@ -28,6 +28,7 @@ another order. Memory: K boundary states plus O(S·c) per head.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -110,12 +111,68 @@ def _cuda_has(op: str, device: torch.device) -> bool:
     return _PROBE[op]
 
 
-def matmul_mode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-    """'split' on CUDA for bf16 q, k, v when the fp32-output matmuls exist, else 'fp32'."""
+_TRITON = {"failed": None}  # why the Triton kernels could not run here, once they failed
+
+
+def _triton_usable(q, k, v, sub_chunk: int) -> bool:
+    if _TRITON["failed"] is not None or q.device.type != "cuda":
+        return False
+    try:
+        from kernels import triton_chunkwise
+    except ImportError:
+        return False
+    return triton_chunkwise.usable(q, k, v, sub_chunk)
+
+
+def choose_method(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sub_chunk: int = SUB_CHUNK) -> str:
+    """'triton' (fused kernels) for bf16 on CUDA where Triton runs, else 'split' (torch,
+    tensor-core three-term matmuls) for bf16 on CUDA, else 'fp32' (torch fp32 matmuls)."""
+    if _triton_usable(q, k, v, sub_chunk):
+        return "triton"
     if (q.device.type == "cuda" and q.dtype == k.dtype == v.dtype == torch.bfloat16
             and _cuda_has("bmm", q.device)):
         return "split"
     return "fp32"
+
+
+def _gates(i, f, m0, K: int, c: int, ct: torch.dtype):
+    """The per-step gate quantities the fused kernels need, sub-chunk-major, without any
+    c x c tensor: f_log, i, b (local cumulative log forget gates), m_start/m_end, g and
+    the weights w of each input into the boundary state after its sub-chunk."""
+    f_log = F.logsigmoid(_k_major(f, K, c, ct))  # (K, B, NH, c)
+    i_m = _k_major(i, K, c, ct)
+    b = torch.cumsum(f_log, dim=-1)
+    from_right = torch.flip(torch.cumsum(torch.flip(f_log, [-1]), dim=-1), [-1])  # sum_{r >= s}
+    after = torch.cat([from_right[..., 1:], torch.zeros_like(from_right[..., :1])], dim=-1)  # sum_{r > s}
+    last_row = after + i_m  # log weight of input s at the sub-chunk's end
+    B_tot = b[..., -1]
+    m_end = boundary_stabilisers(m0, B_tot.movedim(0, -1), last_row.amax(dim=-1).movedim(0, -1)).movedim(-1, 0)
+    m_start = torch.cat([m0.movedim(-1, 0), m_end[:-1]], dim=0).contiguous()
+    g = torch.exp(m_start + B_tot - m_end)
+    w = torch.exp(last_row - m_end.unsqueeze(-1))
+    return f_log, i_m, b, m_start, m_end, g, w
+
+
+def _run_triton(q, k, v, i, f, C0, n0, m0, sub_chunk: int, h: torch.Tensor):
+    """The fused-kernel form for the first K * sub_chunk steps; h is written in place."""
+    from kernels import triton_chunkwise
+
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    c = sub_chunk
+    K = S // c
+    f_log, i_m, b, m_start, m_end, g, w = _gates(i, f, m0, K, c, C0.dtype)
+    half = q.dtype if q.dtype == torch.float16 else torch.bfloat16  # exact copies of 16-bit inputs
+    q_m = _k_major(q, K, c, half)
+    k_m = _k_major(k, K, c, half)
+    v_m = _k_major(v, K, c, half)
+    slots = torch.empty((K + 1, B, NH, DHQK, _aug_width(DHV)), dtype=torch.float32, device=q.device)
+    slots[0, ..., :DHV] = C0
+    slots[0, ..., DHV] = n0
+    triton_chunkwise.chunk_states(k_m, v_m, w, g, slots)
+    triton_chunkwise.chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h[:, :, : K * c], EPS)
+    last = slots[K]
+    return last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1)
 
 
 def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -262,6 +319,9 @@ def _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, states, mode: str, out_d
     return h
 
 
+METHODS = ("fp32", "split", "triton")
+
+
 def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
     if sub_chunk < 1:
         raise ValueError(f"sub_chunk must be >= 1, got {sub_chunk}")
@@ -271,13 +331,29 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
     if K == 0:
         return mlstm_block(q, k, v, i, f, state)
     if mode is None:
-        mode = matmul_mode(q, k, v)
-    elif mode not in ("fp32", "split"):
-        raise ValueError(f"matmuls must be 'fp32', 'split' or None, got {mode!r}")
+        mode = choose_method(q, k, v, sub_chunk)
+    elif mode not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)} or None, got {mode!r}")
     ct = _compute_dtype(v)
-    if mode == "split" and ct != torch.float32:
-        mode = "fp32"  # float64 references stay exact
+    sixteen_bit = q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float16)
+    if (mode == "triton" and not sixteen_bit) or (mode == "split" and not (sixteen_bit and q.dtype == torch.bfloat16)):
+        mode = "fp32"  # the fast forms need q, k, v exact in 16 bits; fp32/fp64 inputs stay exact
     C0, n0, m0 = _state_or_zeros(state, B, NH, DHQK, DHV, q.device, ct)
+    main = K * sub_chunk
+    if mode == "triton":
+        h = torch.empty(B, NH, S, DHV, dtype=v.dtype, device=q.device)
+        try:
+            out_state = _run_triton(q, k, v, i, f, C0, n0, m0, sub_chunk, h)
+        except Exception as exc:  # a Triton build or launch failure on this GPU: the torch form
+            _TRITON["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            warnings.warn(f"Triton sub-chunk kernels unavailable ({_TRITON['failed']}); using torch matmuls",
+                          RuntimeWarning, stacklevel=3)
+            return _run(prepare, q, k, v, i, f, state, sub_chunk, None)
+        if main < S:
+            t = slice(main, S)  # the tail, shorter than one sub-chunk
+            h[:, :, t], out_state = mlstm_block(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t],
+                                                out_state)
+        return h, out_state
     q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk, mode)
     dhva = dCn.shape[-1]
     Cn0 = torch.cat([C0, n0.unsqueeze(-1), C0.new_zeros(B, NH, DHQK, dhva - DHV - 1)], dim=-1)
@@ -285,7 +361,6 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
     h = _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, dCn, mode, v.dtype, DHQK, DHV)
     last = dCn[-1]
     out_state = (last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1))
-    main = K * sub_chunk
     if main == S:
         return h, out_state
     t = slice(main, S)  # the tail, shorter than one sub-chunk
@@ -302,15 +377,16 @@ def mlstm_chunkwise(
     state: MLSTMState | None = None,
     *,
     sub_chunk: int = SUB_CHUNK,
-    matmuls: str | None = None,
+    method: str | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
     """Advance the state by the S steps given, in sub-chunks of `sub_chunk` steps.
 
     mlstm_block's signature and contract (shapes, fp32 state, h in v's dtype).
-    matmuls: 'fp32', 'split' (three-term bf16 tensor-core products, bf16 q, k, v only;
-    on the CPU emulated in fp32) or None (matmul_mode decides).
+    method: 'fp32' (torch, fp32 matmuls), 'split' (torch, three-term bf16 tensor-core
+    matmuls; bf16 q, k, v; emulated in fp32 on the CPU), 'triton' (the fused kernels of
+    kernels.triton_chunkwise; bf16 on CUDA) or None (choose_method decides).
     """
-    return _run(_prepare, q, k, v, i, f, state, sub_chunk, matmuls)
+    return _run(_prepare, q, k, v, i, f, state, sub_chunk, method)
 
 
 def compiled_chunkwise():
@@ -319,7 +395,7 @@ def compiled_chunkwise():
     writes into preallocated buffers, stay eager."""
     prepare = torch.compile(_prepare, dynamic=False, fullgraph=True)
 
-    def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK, matmuls: str | None = None):
-        return _run(prepare, q, k, v, i, f, state, sub_chunk, matmuls)
+    def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK, method: str | None = None):
+        return _run(prepare, q, k, v, i, f, state, sub_chunk, method)
 
     return run

@@ -252,14 +252,15 @@ def section_light(res):
                                     "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
     xb = [t.to(torch.bfloat16) for t in x[:3]] + [t.float() for t in x[3:]]
     h_ref, s_ref = mlstm_sequence(*(t.double() for t in xb))
-    for mode in ("fp32", "split"):
-        h, s = mlstm_chunkwise(*xb, matmuls=mode)
+    for mode in ("fp32", "split", "triton"):
+        h, s = mlstm_chunkwise(*xb, method=mode)
         out[f"chunkwise_bf16_{mode}_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]),
                                                 "n": rel(s[1], s_ref[1]),
                                                 "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
-    from kernels.chunkwise import matmul_mode
+    import kernels.chunkwise as ck
 
-    out["auto_mode_bf16_cuda"] = matmul_mode(*xb[:3])
+    out["auto_method_bf16_cuda"] = ck.choose_method(*xb[:3])
+    out["triton_failed"] = ck._TRITON["failed"]
     res["light"] = out
 
 
@@ -559,10 +560,10 @@ def section_prefill(res):
         v = torch.randn(B, NH, S, 512, device=dev, dtype=torch.bfloat16, generator=g)
         i = torch.randn(B, NH, S, device=dev, generator=g) * 3 - 5
         f = torch.randn(B, NH, S, device=dev, generator=g) + 4
-        for mode in ("fp32", "split"):
-            for sub in (64, 128, 256):
+        for mode in ("fp32", "split", "triton"):
+            for sub in ((64, 128) if mode == "triton" else (128,)):
                 try:
-                    fn = lambda: ck.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub, matmuls=mode)  # noqa: E731
+                    fn = lambda: ck.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub, method=mode)  # noqa: E731
                     fn()
                     sync()
                     graph = torch.cuda.CUDAGraph()

@@ -146,7 +146,7 @@ def test_split_matmuls_keep_fp32_resolution(with_state):
     state = tuple(t.float() for t in random_state(B, NH, DK, DV, seed=10)) if with_state else None
     ref_state = tuple(t.double() for t in state) if with_state else None
     h_ref, (C_ref, n_ref, m_ref) = mlstm_sequence(*(t.double() for t in xb), ref_state)
-    h, (C, n, m) = mlstm_chunkwise(*xb, state, sub_chunk=32, matmuls="split")
+    h, (C, n, m) = mlstm_chunkwise(*xb, state, sub_chunk=32, method="split")
     assert h.dtype == torch.bfloat16 and C.dtype == torch.float32
     assert rel_err(h, h_ref) < 1e-2
     assert rel_err(C, C_ref) < 2e-6 and rel_err(n, n_ref) < 2e-6
