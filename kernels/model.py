@@ -110,7 +110,11 @@ SHAPES: dict[str, ModelConfig] = {
     c.name: c
     for c in (
         ModelConfig("tiny", vocab_size=256, embedding_dim=64, num_heads=4, num_blocks=3, slstm_at=(1,)),
-        ModelConfig("mqar-tiny", vocab_size=8192, embedding_dim=128, num_heads=4, num_blocks=2),
+        # Recall model (autotune/bench/recall.py): 8 heads so that every heads_per_band valid
+        # for a 4- or 8-head shape fits it; an sLSTM block first gives the mLSTM block the
+        # previous token, under which MQAR stores each value.
+        ModelConfig("mqar-tiny", vocab_size=8192, embedding_dim=128, num_heads=8, num_blocks=2,
+                    slstm_at=(0,), qk_dim_factor=1.0, ffn_proj_factor=1.0),
         ModelConfig("125m", vocab_size=50304, embedding_dim=768, num_heads=4, num_blocks=12),
         ModelConfig("350m", vocab_size=50304, embedding_dim=1024, num_heads=8, num_blocks=24),
         ModelConfig("1.3b", vocab_size=50304, embedding_dim=2048, num_heads=8, num_blocks=48),
