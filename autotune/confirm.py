@@ -95,7 +95,8 @@ def _measured(trial: FrozenTrial, outcome: TrialOutcome, baseline: Baseline, wei
     if trial.value is not None:
         entry["search_score"] = trial.value
     if not outcome.ok:
-        entry.update(error_kind=outcome.error_kind, error_message=outcome.error_message)
+        entry.update(error_kind=outcome.error_kind, error_message=outcome.error_message,
+                     stderr_tail=outcome.stderr_tail[-2000:])
         return entry
     metrics = outcome.result.get("metrics") or {}
     samples = score_samples(metrics, baseline, weights)

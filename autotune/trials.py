@@ -164,7 +164,8 @@ def run_benchmark(
     try:
         while True:
             now = time.monotonic()
-            wait = max(0.0, min(POLL_S, deadline - now, next_tick - now))
+            # Never 0: communicate(timeout=0) gives up before reading the pipes at all.
+            wait = max(0.01, min(POLL_S, deadline - now, next_tick - now))
             try:
                 stdout, stderr = proc.communicate(timeout=wait)
                 break
@@ -176,9 +177,10 @@ def run_benchmark(
                 kill()
                 stdout, stderr = _drain(proc)
                 break
-            if on_tick is not None and now >= next_tick:
+            if now >= next_tick:
                 next_tick = now + tick_s
-                on_tick()
+                if on_tick is not None:
+                    on_tick()
     except BaseException:
         kill()  # never leave an orphaned benchmark behind
         _drain(proc)

@@ -196,6 +196,20 @@ def test_on_tick_is_called_while_the_child_runs(tmp_path):
     assert 2 <= len(ticks) <= 4
 
 
+def test_a_child_outliving_the_tick_interval_is_collected_without_on_tick(tmp_path):
+    # Regression: without on_tick the tick time never advanced, the poll timeout went
+    # to 0 and the output was never read until the hard time limit.
+    cmd = _script(tmp_path, "long.py", """
+        import json, sys, time
+        time.sleep(1.5)
+        print("x" * 100, file=sys.stderr)
+        print(json.dumps({"status": "ok"}))
+    """)
+    outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd, tick_s=0.3)
+    assert outcome.ok
+    assert outcome.wall_s < 10
+
+
 @pytest.mark.parametrize(
     "stdout, expected",
     [
