@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-ALL = ("checks", "light", "gemv", "sweep", "decode", "profile", "prefill")
+ALL = ("checks", "light", "exact", "gemv", "sweep", "decode", "profile", "prefill")
 
 
 def sync():
@@ -262,6 +262,46 @@ def section_light(res):
     out["auto_method_bf16_cuda"] = ck.choose_method(*xb[:3])
     out["triton_failed"] = ck._TRITON["failed"]
     res["light"] = out
+
+
+def section_exact(res):
+    """The sub-chunked form at the 7b head sizes, every method against a float64 loop over
+    the same bf16 inputs (with an incoming state; with and without a tail)."""
+    from kernels import mlstm_sequence
+    import kernels.chunkwise as ck
+
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(11)
+    out = {}
+    for S in (1024, 1000):
+        B, NH, DK, DV = 1, 2, 256, 512
+        q = torch.randn(B, NH, S, DK, device=dev, generator=g).to(torch.bfloat16)
+        k = torch.randn(B, NH, S, DK, device=dev, generator=g).to(torch.bfloat16)
+        v = torch.randn(B, NH, S, DV, device=dev, generator=g).to(torch.bfloat16)
+        i = 15 * torch.tanh((torch.randn(B, NH, S, device=dev, generator=g) * 4 - 6) / 15)
+        f = 15 * torch.tanh((torch.randn(B, NH, S, device=dev, generator=g) * 2 + 4) / 15)
+        st = (torch.randn(B, NH, DK, DV, device=dev, generator=g), torch.randn(B, NH, DK, device=dev, generator=g),
+              torch.randn(B, NH, 1, device=dev, generator=g))
+        h_ref, s_ref = mlstm_sequence(q.double(), k.double(), v.double(), i.double(), f.double(),
+                                      tuple(t.double() for t in st))
+        row = {}
+        results = {}
+        for method in ("fp32", "split", "triton"):
+            h, s_ = ck.mlstm_chunkwise(q, k, v, i, f, st, method=method)
+            results[method] = (h, s_)
+            row[method] = {"h": rel(h, h_ref), "C": rel(s_[0], s_ref[0]), "n": rel(s_[1], s_ref[1]),
+                           "m_abs": (s_[2].double() - s_ref[2]).abs().max().item(),
+                           "h_equal_frac_vs_fp32": None}
+        for method in ("split", "triton"):
+            row[method]["h_equal_frac_vs_fp32"] = (results[method][0] == results["fp32"][0]).float().mean().item()
+            row[method]["C_rel_vs_fp32"] = rel(results[method][1][0], results["fp32"][1][0])
+        out[f"S{S}"] = row
+        log("exact", S, json.dumps(row)[:400])
+    out["triton_failed"] = ck._TRITON["failed"]
+    from kernels.triton_ops import TritonOps
+
+    out["gemv_unavailable"] = TritonOps.gemv_unavailable
+    res["exact"] = out
 
 
 SWEEP_TILES = [(1, 4096, 4, 3), (2, 2048, 4, 3), (2, 4096, 8, 3), (4, 1024, 4, 3), (4, 1024, 4, 4),
