@@ -21,7 +21,7 @@ from kernels.mqar import mqar_batch, pairs_for_length, query_hits
 
 CHECKPOINT = Path(kernels.__file__).resolve().parent / "assets" / "mqar-tiny.safetensors"
 DATA_SEED = 20231208  # fixed: recall never depends on the benchmark's seed
-RECALL_TOKENS = 32768  # tokens evaluated per context length (at least MIN_SEQUENCES sequences)
+RECALL_TOKENS = 16384  # tokens evaluated per context length (at least MIN_SEQUENCES sequences)
 MIN_SEQUENCES = 4
 BATCH_TOKENS = 4096  # tokens per forward pass, which bounds the logits' memory
 MIN_CONTEXT = 8
