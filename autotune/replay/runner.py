@@ -81,6 +81,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     """
     max_evals = min(max_evals, len(surface))
     max_proposals = max_proposals if max_proposals is not None else 10 * max_evals + 50
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per replayed study and trial is noise
     sampler = sampler_factory() if sampler_factory else build_sampler(strategy, surface, seed, options)
     study = optuna.create_study(direction=surface.direction, sampler=sampler)
     space = surface.space

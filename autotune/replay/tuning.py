@@ -37,10 +37,13 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
                 "indpb": [0.1, 0.2, 0.35, 0.5]},
     "bandit": {"method": ["thompson", "ucb"], "prior": [0.5, 1.0, 2.0, 4.0], "ucb_c": [0.1, 0.25, 0.5, 1.0]},
     "boltzmann": {"model": ["neighbours", "kernel"], "power": [1.0, 1.5, 2.0, 3.0], "length": [0.1, 0.2, 0.3, 0.5],
+                  "bonus": [0.0, 0.02, 0.05, 0.1],
                   "prior_weight": [0.1, 0.5, 1.0, 2.0], "t_start": [0.05, 0.1, 0.2, 0.4],
                   "t_end": [0.005, 0.01, 0.02, 0.05], "horizon": [20, 40, 60, 120],
                   "shrink": [0.5, 1.0, 2.0, 4.0], "neighbour_weight": [0.0, 0.3, 0.6, 0.9]},
-    "portfolio": {"exploration": [0.05, 0.1, 0.2, 0.4, 0.8], "window": [20, 50, 100, 500], "warmup": [2, 4, 8, 12],
+    "portfolio": {"members": [["boltzmann", "genetic", "bandit"], ["boltzmann", "genetic", "bandit", "random"],
+                              ["boltzmann", "bandit"], ["boltzmann", "genetic"]],
+                  "exploration": [0.1, 0.2, 0.4, 0.8, 1.5], "window": [10, 20, 50, 200], "warmup": [0, 3, 6, 10, 15],
                   "credit": ["rank", "best"]},
 }
 MEMBERS = ("genetic", "bandit", "boltzmann")
@@ -102,7 +105,7 @@ def coordinate_search(evaluate: Evaluator, strategy: str, options: dict[str, dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autotune.replay.tuning", description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=15, help="replay seeds per evaluation (default 15)")
+    parser.add_argument("--seeds", type=int, default=60, help="replay seeds per evaluation (default 60)")
     parser.add_argument("--rounds", type=int, default=2, help="passes over each grid (default 2)")
     parser.add_argument("--strategies", default=",".join((*MEMBERS, "portfolio")))
     parser.add_argument("--start", default="{}", help="starting options (JSON), e.g. a previous result")

@@ -26,7 +26,7 @@ from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_MEMBERS = ("genetic", "bandit", "boltzmann", "random")
+PORTFOLIO_MEMBERS = ("boltzmann", "genetic", "bandit")
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,
@@ -47,13 +47,16 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
     options = options or {}
     seq = np.random.SeedSequence(seed)
     if name == "portfolio":
-        member_seeds = seq.spawn(len(PORTFOLIO_MEMBERS) + 1)
-        members = [
-            _SINGLE[m](space, np.random.default_rng(s), **options.get(m, {}))
-            for m, s in zip(PORTFOLIO_MEMBERS, member_seeds[1:])
-        ]
-        return PortfolioStrategy(space, np.random.default_rng(member_seeds[0]), members,
-                                 **options.get("portfolio", {}))
+        own = dict(options.get("portfolio", {}))
+        pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
+        names = tuple(dict.fromkeys((*pool, own.get("warmup_member", "bandit"))))
+        unknown = [m for m in names if m not in _SINGLE]
+        if unknown:
+            raise ValueError(f"unknown portfolio member(s) {unknown}; members are {', '.join(_SINGLE)}")
+        member_seeds = seq.spawn(len(names) + 1)
+        members = [_SINGLE[m](space, np.random.default_rng(s), **options.get(m, {}))
+                   for m, s in zip(names, member_seeds[1:])]
+        return PortfolioStrategy(space, np.random.default_rng(member_seeds[0]), members, pool=pool, **own)
     if name not in _SINGLE:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGY_NAMES)}")
     return _SINGLE[name](space, np.random.default_rng(seq), **options.get(name, {}))

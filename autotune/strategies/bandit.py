@@ -32,8 +32,8 @@ def arm_statistics(space: DiscreteSpace, history: History,
 class BanditStrategy(Strategy):
     name = "bandit"
 
-    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, method: str = "thompson",
-                 prior: float = 1.0, ucb_c: float = 0.5):
+    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, method: str = "ucb",
+                 prior: float = 2.0, ucb_c: float = 0.5):
         super().__init__(space, rng)
         if method not in ("thompson", "ucb"):
             raise ValueError(f"bandit method must be 'thompson' or 'ucb', got {method!r}")

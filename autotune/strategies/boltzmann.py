@@ -42,7 +42,7 @@ def predicted_utility(space: DiscreteSpace, history: History, candidates: np.nda
 
 def kernel_utility(space: DiscreteSpace, history: History, candidates: np.ndarray, u: np.ndarray,
                    fallback: np.ndarray, *, length: float, prior_weight: float, max_reference: int,
-                   rng: np.random.Generator) -> np.ndarray:
+                   rng: np.random.Generator, bonus: float = 0.0) -> np.ndarray:
     """Kernel regression of utility over the observed configs: each observed config
     counts with weight exp(-distance / length), the fallback with prior_weight."""
     seen = history.observed
@@ -55,7 +55,10 @@ def kernel_utility(space: DiscreteSpace, history: History, candidates: np.ndarra
         seen = seen[np.concatenate([keep, rest])]
     unit = space.unit_coords()
     w = np.exp(-cdist(unit[candidates], unit[seen], "cityblock") / length)
-    return (w @ u[seen] + prior_weight * fallback) / (w.sum(axis=1) + prior_weight)
+    mass = w.sum(axis=1)
+    pred = (w @ u[seen] + prior_weight * fallback) / (mass + prior_weight)
+    # little weight nearby = little known: the bonus steers exploration to such configs
+    return pred + bonus / np.sqrt(1.0 + mass / prior_weight)
 
 
 class BoltzmannStrategy(Strategy):
@@ -63,8 +66,8 @@ class BoltzmannStrategy(Strategy):
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, t_start: float = 0.2,
                  t_end: float = 0.02, horizon: int = 60, shrink: float = 2.0, neighbour_weight: float = 0.6,
-                 model: str = "neighbours", length: float = 0.3, prior_weight: float = 0.5,
-                 max_reference: int = 200, max_candidates: int = 3000, power: float = 1.0):
+                 model: str = "kernel", length: float = 0.3, prior_weight: float = 0.5,
+                 max_reference: int = 200, max_candidates: int = 3000, power: float = 2.0, bonus: float = 0.0):
         super().__init__(space, rng)
         self.t_start, self.t_end, self.horizon = t_start, t_end, horizon
         self.shrink, self.neighbour_weight = shrink, neighbour_weight
@@ -73,22 +76,29 @@ class BoltzmannStrategy(Strategy):
         self.model, self.length, self.prior_weight = model, length, prior_weight
         self.max_reference, self.max_candidates = max_reference, max_candidates
         self.power = power  # > 1 stresses the difference between good and best results
+        self.bonus = bonus
 
     def temperature(self, n_observed: int) -> float:
         """Geometric annealing from t_start to t_end over `horizon` observations, then flat."""
         progress = min(1.0, n_observed / max(1, self.horizon))
         return self.t_start * (self.t_end / self.t_start) ** progress
 
+    def predict(self, history: History, candidates: np.ndarray) -> np.ndarray:
+        """Predicted utility (plus the exploration bonus) of each candidate."""
+        u = history.utility() ** self.power
+        pred = predicted_utility(self.space, history, candidates, u, shrink=self.shrink,
+                                 neighbour_weight=self.neighbour_weight)
+        if self.model == "kernel":
+            pred = kernel_utility(self.space, history, candidates, u, pred, length=self.length,
+                                  prior_weight=self.prior_weight, max_reference=self.max_reference, rng=self.rng,
+                                  bonus=self.bonus)
+        return pred
+
     def propose(self, history: History) -> Proposal:
         free = history.free_indices()
         if len(free) > self.max_candidates:  # a random subset keeps a proposal cheap on huge spaces
             free = free[self.rng.choice(len(free), size=self.max_candidates, replace=False)]
-        u = history.utility() ** self.power
-        pred = predicted_utility(self.space, history, free, u, shrink=self.shrink,
-                                 neighbour_weight=self.neighbour_weight)
-        if self.model == "kernel":
-            pred = kernel_utility(self.space, history, free, u, pred, length=self.length,
-                                  prior_weight=self.prior_weight, max_reference=self.max_reference, rng=self.rng)
+        pred = self.predict(history, free)
         temp = self.temperature(len(history.observed))
         logits = (pred - pred.max()) / temp
         p = np.exp(logits)

@@ -49,8 +49,8 @@ def neighbour_mutation(individual: list, *, sizes: np.ndarray, ordered: tuple[bo
 class GeneticStrategy(Strategy):
     name = "genetic"
 
-    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, population: int = 8,
-                 tournament: int = 3, cxpb: float = 0.7, indpb: float | None = None):
+    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, population: int = 4,
+                 tournament: int = 4, cxpb: float = 0.7, indpb: float = 0.2):
         super().__init__(space, rng)
         self.population = population
         self.tournament = tournament
@@ -59,7 +59,7 @@ class GeneticStrategy(Strategy):
         self.toolbox.register("select", tools.selTournament, tournsize=tournament)
         self.toolbox.register("mate", tools.cxUniform, indpb=0.5)
         self.toolbox.register("mutate", neighbour_mutation, sizes=space.sizes, ordered=space.ordered,
-                              indpb=indpb if indpb is not None else 1.0 / len(space.knob_names))
+                              indpb=indpb)
         self._random_state = random.Random(int(rng.integers(2**63))).getstate()
 
     def reseed(self, rng: np.random.Generator) -> None:

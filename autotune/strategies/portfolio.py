@@ -57,15 +57,20 @@ class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
-                 window: int = 100, exploration: float = 0.2, warmup: int = 4, credit: str = "rank"):
+                 pool: Sequence[str] | None = None, window: int = 20, exploration: float = 0.4, warmup: int = 0,
+                 warmup_member: str = "bandit", credit: str = "rank"):
         super().__init__(space, rng)
         if not members:
             raise ValueError("a portfolio needs at least one member strategy")
         self.members = {m.name: m for m in members}
+        # the members the meta-bandit chooses from after the warm-up
+        self.pool = [name for name in (pool or self.members) if name in self.members]
         self.window = window
         self.exploration = exploration
-        self.warmup = warmup  # the first trials are random: nobody has data to beat it with
-        self._random_name = "random" if "random" in self.members else None
+        # The first trials go to one member that explores systematically (the bandit tries
+        # every value of every knob): the others' models then start from well-spread data.
+        self.warmup = warmup
+        self.warmup_member = warmup_member if warmup_member in self.members else next(iter(self.members))
         self._ledger = CreditLedger(credit)
         self._ledger_history: History | None = None
 
@@ -79,8 +84,10 @@ class PortfolioStrategy(Strategy):
         if self._ledger_history is not history:  # a new study: start the ledger afresh
             self._ledger = CreditLedger(self._ledger.kind)
             self._ledger_history = history
-        recent = [c for c in self._ledger.update(history) if c[0] in self.members][-self.window :]
-        per_member: dict[str, list[float]] = {name: [] for name in self.members}
+        # warm-up trials ranked high only because they came first: they earn no credit
+        credits = self._ledger.update(history)[self.warmup :]
+        recent = [c for c in credits if c[0] in self.pool][-self.window :]
+        per_member: dict[str, list[float]] = {name: [] for name in self.pool}
         for name, credit in recent:
             per_member[name].append(credit)
         total = max(1, len(recent))
@@ -95,8 +102,8 @@ class PortfolioStrategy(Strategy):
         return scores
 
     def choose(self, history: History) -> str:
-        if self._random_name and len(history.observed) < self.warmup:
-            return self._random_name
+        if len(history.observed) < self.warmup:
+            return self.warmup_member
         scores = self.scores(history)
         top = max(scores.values())
         tied = [name for name, s in scores.items() if s >= top - 1e-12]
