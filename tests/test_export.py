@@ -187,3 +187,70 @@ def test_open_storage_refuses_memory_sqlite():
 
     with pytest.raises(UserError, match="no store"):
         open_storage("sqlite:///:memory:")
+
+
+E2E_SPEC = """storage = "sqlite:///autotune.db"
+[model]
+shape = "tiny"
+device = "cpu"
+backends = ["queued"]
+[workload]
+contexts = [32]
+new_tokens = 2
+repeats = 1
+[space]
+workers = [1, 2]
+heads_per_band = [2, 4]
+chunk_size = [16, 32]
+T_inner = [8, 16]
+[search]
+n_trials = 2
+seed = 0
+[trials]
+timeout_min_s = 60
+timeout_cap_s = 120
+[confirmation]
+top_k = 1
+repeats = 4
+"""
+
+
+@pytest.mark.slow
+def test_tune_then_best_export_report_generate(tmp_path, monkeypatch, capsys):
+    """A real `autotune tune` store read by every output command, ending in a generation
+    that runs with the exported knobs."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "e2e.toml"
+    spec.write_text(E2E_SPEC)
+    monkeypatch.chdir(tmp_path)
+    tuned = subprocess.run([sys.executable, "-m", "autotune", "tune", "--study", str(spec)],
+                           capture_output=True, text=True, timeout=300)
+    assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
+
+    assert main(["best", "--study", str(spec)]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("L")] == ["L32"]
+
+    out = tmp_path / "defaults.json"
+    assert main(["export", "--study", str(spec), "--out", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["entries"]
+    assert (entry["shape"], entry["device_kind"], entry["backend"], entry["dtype"]) == ("tiny", "cpu", "queued", "float32")
+    (row,) = entry["table"]
+    (view,) = load_views(open_storage("sqlite:///autotune.db"))
+    trial = view.trial(row["trial"])
+    assert row["context"] == 32 and row["study"] == view.name == "tiny/cpu/queued/L32"
+    assert row["config"] == {k: trial.params[k] for k in row["config"]}
+    assert row["metrics"]["decode_tok_s"] > 0 and row["metrics"]["prefill_tok_s"] > 0
+    beats, _ = read_confirmation(view.user_attrs.get("confirmation"))
+    assert beats is not None, "the tuner stored no confirmation verdict"
+    assert row["source"] == ("tuned" if beats else "baseline")
+
+    assert main(["report", "--study", str(spec), "--out", str(tmp_path / "report.html")]) == 0
+    assert "Parallel coordinates: tiny/cpu/queued/L32" in (tmp_path / "report.html").read_text()
+
+    capsys.readouterr()
+    assert main(["generate", "--shape", "tiny", "--prompt-tokens", "20", "--new-tokens", "2", "--device", "cpu",
+                 "--defaults", str(out)]) == 0
+    knobs = " ".join(f"{k}={row['config'][k]}" for k in ("workers", "heads_per_band", "chunk_size", "T_inner"))
+    assert f"config: {knobs} (tuned for context 32" in capsys.readouterr().out
