@@ -254,6 +254,10 @@ def open_study(
         name = existing[-1]
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         stored = study.user_attrs
+        if "fingerprint" not in stored:
+            # Its creator stopped before writing the attrs (they come last): finish that.
+            _write_attrs(study, {**attrs, "fingerprint": fingerprint, "identity": identity})
+            return OpenedStudy(study, created=True)
         if stored.get("fingerprint") != fingerprint:
             raise StoreError(
                 f"study {name} was measured on another machine or installation "
@@ -271,10 +275,21 @@ def open_study(
             )
         return OpenedStudy(study, created=False)
     name = next_name(names, base)
-    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
-    for key, value in {**attrs, "fingerprint": fingerprint, "identity": identity}.items():
-        study.set_user_attr(key, value)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        # Another worker created it between our listing and now (callers on a shared
+        # store hold a lock around this, other tools may not): open it instead.
+        return open_study(storage, base, fingerprint=fingerprint, identity=identity, attrs=attrs,
+                          sampler=sampler, new_study=False)
+    _write_attrs(study, {**attrs, "fingerprint": fingerprint, "identity": identity})
     return OpenedStudy(study, created=True)
+
+
+def _write_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    # The fingerprint last: its presence says the study is complete.
+    for key, value in sorted(attrs.items(), key=lambda kv: kv[0] == "fingerprint"):
+        study.set_user_attr(key, value)
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -289,51 +304,73 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
 
 
 # ------------------------------------------------------------------- recovery
-def is_stale(trial: optuna.trial.FrozenTrial, *, single_writer: bool, now: float | None = None) -> bool:
+def is_stale(trial: optuna.trial.FrozenTrial, *, single_writer: bool, now: float | None = None,
+             lease_s: float = STALE_AFTER_S) -> bool:
     """A RUNNING trial nobody is measuring any more. With the SQLite writer lock held
-    every RUNNING trial is one; on a shared store, one whose heartbeat stopped."""
+    every RUNNING trial is one; on a shared store, one whose worker is certainly gone
+    (same host, its process no longer exists) or whose heartbeat is older than the lease."""
     if trial.state != TrialState.RUNNING:
         return False
     if single_writer:
+        return True
+    from autotune.workers import is_gone
+
+    if is_gone(trial.user_attrs.get("worker")):
         return True
     beat = trial.user_attrs.get("heartbeat")
     if not isinstance(beat, (int, float)):
         start = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
         beat = start
-    return (now or time.time()) - beat > STALE_AFTER_S
+    return (now or time.time()) - beat > lease_s
 
 
-def recover_stale_trials(storage: RDBStorage, study: optuna.Study, *, single_writer: bool) -> list[int]:
+def recover_stale_trials(storage: RDBStorage, study: optuna.Study, *, single_writer: bool,
+                         lease_s: float = STALE_AFTER_S) -> list[int]:
     """Fail the stale RUNNING trials (user attr stale=true) and queue their configs
     again, so each is measured once more and nothing is lost.
 
-    Order matters for a kill during recovery itself: the config is queued first, unless
-    a WAITING trial with the same params already is, then the trial is failed; a rerun
-    finds either a RUNNING trial with its config already queued, or a FAIL trial.
-    Returns the numbers of the recovered trials.
+    On a shared store the caller holds the study's lock (autotune.locks), so two workers
+    never recover one trial, nor queue one config, twice. A kill during recovery itself
+    leaves either a RUNNING trial (stale again next time) or a stale FAIL trial without
+    a successor, which the next recovery queues. Returns the numbers of the trials failed.
     """
-    trials = study.get_trials(deepcopy=False)
-    waiting = [_fixed_params(t) for t in trials if t.state == TrialState.WAITING]
     recovered = []
+    for trial in study.get_trials(deepcopy=False):
+        if not is_stale(trial, single_writer=single_writer, lease_s=lease_s):
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "stale", True)
+            storage.set_trial_user_attr(trial._trial_id, "error_kind", "stale")
+            storage.set_trial_user_attr(
+                trial._trial_id, "error_message", "the tuner stopped during this trial; its config was queued again"
+            )
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker was alive after all and finished it just now
+        recovered.append(trial.number)
+    requeue_stale_configs(study)
+    return recovered
+
+
+def requeue_stale_configs(study: optuna.Study) -> list[int]:
+    """Queue the config of each stale FAIL trial that has no successor yet (a trial with
+    user attr requeued_from = its number). Returns the numbers of the new trials' sources."""
+    trials = study.get_trials(deepcopy=False)
+    successors = {t.user_attrs.get("requeued_from") for t in trials}
+    queued = []
     for trial in trials:
-        if not is_stale(trial, single_writer=single_writer):
+        if trial.state != TrialState.FAIL or not trial.user_attrs.get("stale") or trial.number in successors:
             continue
         # A trial killed before its params were stored still has them if it was queued.
         params = dict(trial.params) or _fixed_params(trial)
-        if params and params not in waiting:
-            user_attrs = {"requeued_from": trial.number}
-            if trial.user_attrs.get("baseline"):
-                user_attrs["baseline"] = True
-            study.enqueue_trial(params, user_attrs=user_attrs)
-            waiting.append(params)
-        storage.set_trial_user_attr(trial._trial_id, "stale", True)
-        storage.set_trial_user_attr(trial._trial_id, "error_kind", "stale")
-        storage.set_trial_user_attr(
-            trial._trial_id, "error_message", "the tuner stopped during this trial; its config was queued again"
-        )
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        recovered.append(trial.number)
-    return recovered
+        if not params:
+            continue
+        user_attrs: dict[str, Any] = {"requeued_from": trial.number}
+        if trial.user_attrs.get("baseline"):
+            user_attrs["baseline"] = True
+        study.enqueue_trial(params, user_attrs=user_attrs)
+        queued.append(trial.number)
+    return queued
 
 
 def _fixed_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
