@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -34,12 +32,12 @@ from autotune import confirm as confirmation
 from autotune.cli import UserError
 from autotune.objective import CONSTRAINT, Baseline, median, recall_of, recall_violation, score
 from autotune.spec import StudySpec, load_spec
+from autotune.locks import NamedLocks
 from autotune.store import (
-    HEARTBEAT_S,
+    STALE_AFTER_S,
     OpenedStudy,
     StorageURL,
     WriterLock,
-    is_stale,
     machine_fingerprint,
     open_storage,
     open_study,
@@ -48,8 +46,14 @@ from autotune.store import (
     study_name,
 )
 from autotune.trials import TrialOutcome, run_benchmark
+from autotune.workers import Slot, gpu_slots, identity, parse_gpus
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
+# How often a worker with nothing to start looks at the study again (other workers'
+# trials finishing, or being cut off).
+WAIT_S = 1.0
+TERM_JOIN_S = 30.0  # after a third Ctrl-C, how long the search threads get to stop
+_WAIT, _DONE = object(), object()  # what ContextTuner._next_trial returns besides a trial
 
 
 # ----------------------------------------------------------------------- CLI
@@ -67,6 +71,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _gpu_list(text: str) -> tuple[int, ...]:
+    try:
+        return parse_gpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", required=True, metavar="FILE", help="study spec (TOML), e.g. studies/cpu-quick.toml")
     parser.add_argument("--storage", metavar="URL", help="Optuna storage URL; overrides the spec's `storage`")
@@ -80,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-study", action="store_true",
                         help="start new studies beside existing ones (name~2, ...) instead of resuming, "
                              "e.g. after a change of machine, torch or project version")
+    parser.add_argument("--gpus", type=_gpu_list, default=(), metavar="0,1",
+                        help="measure on these GPUs, one benchmark per GPU at a time (CUDA_VISIBLE_DEVICES); "
+                             "the trials are spread over them")
+    parser.add_argument("--lease", type=_positive_float, default=STALE_AFTER_S, metavar="SECONDS",
+                        help="on a shared store (PostgreSQL), a running trial whose worker sent no heartbeat "
+                             f"for this long is taken as cut off, failed and queued again (default {STALE_AFTER_S:.0f}); "
+                             "a worker that died on this host is noticed at once")
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,12 @@ class TuneOptions:
     seed: int | None = None
     new_study: bool = False
     bench_command: tuple[str, ...] | None = None  # a fake benchmark, for tests
+    gpus: tuple[int, ...] = ()  # --gpus: one benchmark child per GPU at a time
+    lease_s: float = STALE_AFTER_S  # shared stores: a heartbeat older than this is a dead worker
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.lease_s / 5
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout if args.timeout is not None else spec.search.timeout_s,
         seed=args.seed if args.seed is not None else spec.search.seed,
         new_study=args.new_study,
+        gpus=args.gpus,
+        lease_s=args.lease,
     )
     return tune(spec, options)
 
@@ -178,14 +204,29 @@ class ContextTuner:
     """The search and confirmation of one context length's study."""
 
     def __init__(self, spec: StudySpec, options: TuneOptions, context: int, *, storage, location: StorageURL,
-                 device_kind: str, device: str, fingerprint: dict[str, str], stop: StopControl):
+                 device_kind: str, device: str, fingerprint: dict[str, str], stop: StopControl,
+                 slots: tuple[Slot, ...] = (Slot(),), locks: NamedLocks | None = None):
         self.spec, self.options, self.context = spec, options, context
         self.storage, self.location = storage, location
         self.device_kind, self.device, self.fingerprint = device_kind, device, fingerprint
         self.stop = stop
+        self.slots = tuple(slots)  # one search thread per slot (GPU)
+        self.locks = locks or NamedLocks(None)
         self.result = ContextResult(context)
         self.baseline: Baseline | None = None
         self.baseline_wall_s: float | None = None
+        self._abort = threading.Event()  # a search thread hit an error: the others stop too
+        self._notes_lock = threading.Lock()
+
+    @property
+    def shared(self) -> bool:
+        """Other tuners may work on this store at the same time (a server database)."""
+        return self.location is not None and not self.location.is_sqlite
+
+    def _note(self, text: str) -> None:
+        with self._notes_lock:
+            if text not in self.result.notes:
+                self.result.notes.append(text)
 
     # -- setup ---------------------------------------------------------------
     def _runner_default(self, num_heads: int) -> tuple[dict[str, Any], str]:
@@ -234,7 +275,34 @@ class ContextTuner:
         self._build_space(values, num_heads)  # refuse a bad spec before creating anything
         spec = self.spec
         base = study_name(spec.model.shape, self.device_kind, spec.model.backends, self.context)
-        opened: OpenedStudy = open_study(
+        with self.locks.hold(f"create:{base}"):
+            opened: OpenedStudy = self._open_study(base, baseline_cfg, source, values)
+        name = opened.study.study_name
+        self._lock = f"study:{name}"
+        self.result.study = name
+        stored = opened.study.user_attrs
+        space = self._build_space(stored["space"], num_heads)
+        self.baseline_config = stored["baseline_config"]
+        if opened.created:
+            _say(f"L{self.context}: new study {name}; baseline {_fmt_config(baseline_cfg)} ({source})")
+        with self.locks.hold(self._lock):
+            recovered = recover_stale_trials(self.storage, opened.study, single_writer=not self.shared,
+                                             lease_s=self.options.lease_s)
+            self._first_new_trial = len(opened.study.get_trials(deepcopy=False))
+        if recovered:
+            _say(f"L{self.context}: resuming {name}: trial(s) {', '.join(map(str, recovered))} were cut off; "
+                 "marked stale and queued again")
+        elif not opened.created:
+            _say(f"L{self.context}: resuming {name}")
+        self.sampler = make_sampler(spec.search.strategy, space, seed=self.options.seed)
+        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self.sampler)
+        self._load_baseline(study)
+        return study, space
+
+    def _open_study(self, base: str, baseline_cfg: dict[str, Any], source: str,
+                    values: dict[str, list[Any]]) -> OpenedStudy:
+        spec = self.spec
+        return open_study(
             self.storage, base,
             fingerprint=self.fingerprint,
             identity=spec.identity(),
@@ -252,25 +320,13 @@ class ContextTuner:
             sampler=optuna.samplers.RandomSampler(),
             new_study=self.options.new_study,
         )
-        name = opened.study.study_name
-        self.result.study = name
-        stored = opened.study.user_attrs
-        space = self._build_space(stored["space"], num_heads)
-        self.baseline_config = stored["baseline_config"]
-        if opened.created:
-            _say(f"L{self.context}: new study {name}; baseline {_fmt_config(baseline_cfg)} ({source})")
-        recovered = recover_stale_trials(self.storage, opened.study, single_writer=self.location.is_sqlite)
-        if recovered:
-            _say(f"L{self.context}: resuming {name}: trial(s) {', '.join(map(str, recovered))} were cut off; "
-                 "marked stale and queued again")
-        elif not opened.created:
-            _say(f"L{self.context}: resuming {name}")
-        self.sampler = make_sampler(spec.search.strategy, space, seed=self.options.seed)
-        study = optuna.load_study(study_name=name, storage=self.storage, sampler=self.sampler)
+
+    def _load_baseline(self, study: optuna.Study) -> None:
+        """The baseline's speeds, once some worker (maybe another) measured them."""
+        stored = study.user_attrs
         if "baseline" in stored:
             self.baseline = Baseline(**stored["baseline"])
             self.baseline_wall_s = stored.get("baseline_wall_s")
-        return study, space
 
     # -- budget --------------------------------------------------------------
     @staticmethod
@@ -316,22 +372,45 @@ class ContextTuner:
             "compile": spec.model.compile,
         }
 
-    def _measure(self, params: dict[str, Any], repeats: int, on_tick=None, on_start=None) -> tuple[dict[str, Any], TrialOutcome]:
+    def _measure(self, params: dict[str, Any], repeats: int, on_tick=None, on_start=None, *,
+                 slot: Slot | None = None, abandon=None) -> tuple[dict[str, Any], TrialOutcome]:
+        """abandon: polled with the Ctrl-C check; True kills the benchmark (its trial was
+        taken over by another worker)."""
         timeout_s = self._trial_timeout(repeats)
         config = self.bench_config(params, repeats, timeout_s)
+        slot = slot or self.slots[0]
 
         def cancel() -> bool:
             for notice in self.stop.notices():
                 _say(notice)
-            return self.stop.kill_requested()
+            return self.stop.kill_requested() or bool(abandon and abandon())
 
-        outcome = run_benchmark(config, timeout_s=timeout_s, command=self.options.bench_command,
-                                on_tick=on_tick, tick_s=HEARTBEAT_S, cancel=cancel, on_start=on_start)
+        outcome = run_benchmark(config, timeout_s=timeout_s, command=self.options.bench_command, env=slot.env(),
+                                on_tick=on_tick, tick_s=self.options.heartbeat_s, cancel=cancel, on_start=on_start)
         for notice in self.stop.notices():
             _say(notice)
         return config, outcome
 
-    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any]) -> FrozenTrial:
+    def _run_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any],
+                   slot: Slot | None = None) -> FrozenTrial | None:
+        """Measure and tell one trial. None when another worker took the trial over
+        meanwhile (its heartbeat had stopped for longer than the lease)."""
+        slot = slot or self.slots[0]
+        taken_over = threading.Event()
+        try:
+            return self._measure_trial(study, trial, params, slot, taken_over)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            if not self.storage.get_trial(trial._trial_id).state.is_finished():
+                raise
+            taken_over.set()
+        finally:
+            if taken_over.is_set():
+                _say(f"L{self.context}: trial {trial.number} was failed by another worker (no heartbeat for "
+                     f"{self.options.lease_s:.0f} s) and its config queued again; this measurement is dropped")
+        return None
+
+    def _measure_trial(self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], slot: Slot,
+                       taken_over: threading.Event) -> FrozenTrial | None:
         is_baseline = bool(trial.user_attrs.get("baseline"))
         requeued_from = trial.user_attrs.get("requeued_from")
         # The sampler wrote 'strategy' through the storage; the Trial's cache lacks it.
@@ -341,16 +420,24 @@ class ContextTuner:
         elif "strategy" not in attrs:
             original = study.get_trials(deepcopy=False)[requeued_from] if isinstance(requeued_from, int) else None
             trial.set_user_attr("strategy", (original.user_attrs.get("strategy") if original else None) or "queued")
-        trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+        trial.set_user_attr("worker", identity())
+        if slot.gpu is not None:
+            trial.set_user_attr("gpu", slot.gpu)
         trial.set_user_attr("heartbeat", time.time())
 
         def heartbeat() -> None:
-            trial.set_user_attr("heartbeat", time.time())
+            try:
+                trial.set_user_attr("heartbeat", time.time())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                taken_over.set()  # failed as stale by another worker: stop measuring it
 
         def started(pid: int) -> None:  # lets an operator find the benchmark of a stuck trial
             trial.set_user_attr("bench_pid", pid)
 
-        config, outcome = self._measure(params, self.spec.workload.repeats, on_tick=heartbeat, on_start=started)
+        config, outcome = self._measure(params, self.spec.workload.repeats, on_tick=heartbeat, on_start=started,
+                                        slot=slot, abandon=taken_over.is_set)
+        if taken_over.is_set():
+            return None
         result = outcome.result
         trial.set_user_attr("config", result.get("config") or config)
         trial.set_user_attr("stderr_tail", outcome.stderr_tail)
@@ -393,60 +480,145 @@ class ContextTuner:
     # -- the loop ------------------------------------------------------------
     def run(self, deadline: float | None) -> ContextResult:
         study, space = self._open()
-        self._ensure_baseline_queued(study)
-        n_trials = self.options.n_trials
-        progress = _Progress(self.context, n_trials, len(self._counted(study.get_trials(deepcopy=False))), deadline)
+        with self.locks.hold(self._lock):
+            self._ensure_baseline_queued(study)
+        progress = _Progress(self.context, self.options.n_trials,
+                             len(self._counted(study.get_trials(deepcopy=False))), deadline)
         try:
-            while not self.stop.stop_requested:
-                trials = study.get_trials(deepcopy=False)
-                counted = self._counted(trials)
-                if n_trials is not None and len(counted) >= n_trials:
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.result.notes.append("wall-time budget reached")
-                    break
-                waiting = any(t.state == TrialState.WAITING for t in trials)
-                if not waiting and self.sampler.remaining(study) == 0:
-                    self.result.notes.append(f"all {len(space)} valid configs measured")
-                    break
-                if self.baseline is None and not waiting:
-                    if self._wait_for_other_baseline(study):
-                        continue
-                    break
-                trial = study.ask()
-                params = {k: trial.suggest_categorical(k, space.values[k]) for k in space.knob_names}
-                frozen = self._run_trial(study, trial, params)
-                if frozen.user_attrs.get("baseline") and self.baseline is None:
-                    progress.trial(frozen, params, None)
-                    self.result.error = (
-                        f"the baseline config ({_fmt_config(params)}) failed: "
-                        f"{frozen.user_attrs.get('error_kind')}: {frozen.user_attrs.get('error_message')}"
-                        + _stderr_hint(frozen)
-                    )
-                    return self._finish(study)
-                progress.trial(frozen, params, self._best(study))
+            self._search(study, space, deadline, progress)
         finally:
             progress.close()
-        if self.stop.kill_requested():
+        if self.result.error or self.stop.kill_requested():
             return self._finish(study)
+        self._await_other_workers(study)
         self._confirm(study)
         return self._finish(study)
 
-    def _wait_for_other_baseline(self, study: optuna.Study) -> bool:
-        """On a shared store another worker may be measuring the baseline: wait for it.
-        Returns False when there is nothing to wait for (the baseline is not running)."""
-        running = [t for t in study.get_trials(deepcopy=False)
-                   if t.user_attrs.get("baseline") and t.state == TrialState.RUNNING
-                   and not is_stale(t, single_writer=self.location.is_sqlite)]
-        if not running:
-            self._ensure_baseline_queued(study)
-            return any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        time.sleep(2.0)
-        stored = optuna.load_study(study_name=study.study_name, storage=self.storage).user_attrs
-        if "baseline" in stored:
-            self.baseline = Baseline(**stored["baseline"])
-            self.baseline_wall_s = stored.get("baseline_wall_s")
-        return True
+    def _search(self, study: optuna.Study, space, deadline: float | None, progress: "_Progress") -> None:
+        """One search loop per slot; several slots (--gpus) run in threads, each driving
+        its own benchmark child. Only this process writes to the store."""
+        if len(self.slots) == 1:
+            self._search_loop(study, space, deadline, progress, self.slots[0])
+            return
+        errors: list[BaseException] = []
+
+        def drive(slot: Slot) -> None:
+            try:
+                self._search_loop(study, space, deadline, progress, slot)
+            except BaseException as exc:  # re-raised in the main thread below
+                errors.append(exc)
+                self._abort.set()
+
+        threads = [threading.Thread(target=drive, args=(slot,), name=f"tune-{slot.label}", daemon=True)
+                   for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+                    for notice in self.stop.notices():
+                        _say(notice)
+        except KeyboardInterrupt:  # third Ctrl-C: the benchmarks are being killed
+            self._abort.set()
+            for thread in threads:
+                thread.join(TERM_JOIN_S)
+            raise
+        if errors:
+            raise errors[0]
+
+    def _search_loop(self, study: optuna.Study, space, deadline: float | None, progress: "_Progress",
+                     slot: Slot) -> None:
+        while not self._abort.is_set():
+            step = self._next_trial(study, space, deadline)
+            if step is _DONE:
+                return
+            if step is _WAIT:
+                time.sleep(WAIT_S)
+                continue
+            trial, params = step
+            frozen = self._run_trial(study, trial, params, slot)
+            if frozen is None:
+                continue  # taken over by another worker
+            if frozen.user_attrs.get("baseline") and self.baseline is None:
+                progress.trial(frozen, params, None, slot)
+                self.result.error = (
+                    f"the baseline config ({_fmt_config(params)}) failed: "
+                    f"{frozen.user_attrs.get('error_kind')}: {frozen.user_attrs.get('error_message')}"
+                    + _stderr_hint(frozen)
+                )
+                self._abort.set()
+                return
+            progress.trial(frozen, params, self._best(study), slot)
+
+    def _next_trial(self, study: optuna.Study, space, deadline: float | None):
+        """The next trial to measure, as (trial, params); or _WAIT (other workers' trials
+        are in flight and may yet be cut off) or _DONE. Holds the study's lock, so the
+        sampler sees every trial other workers started and no config is taken twice."""
+        with self.locks.hold(self._lock):
+            if self.stop.stop_requested or self._abort.is_set():
+                return _DONE
+            if self.shared:
+                self._recover_others(study)
+            trials = study.get_trials(deepcopy=False)
+            counted = self._counted(trials)
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            waiting = [t for t in trials if t.state == TrialState.WAITING]
+            n_trials = self.options.n_trials
+            if n_trials is not None and len(counted) >= n_trials:
+                return _DONE
+            if deadline is not None and time.monotonic() >= deadline:
+                self._note("wall-time budget reached")
+                return _DONE
+            if n_trials is not None and len(counted) + len(running) >= n_trials:
+                return _WAIT
+            if self.baseline is None:
+                self._load_baseline(study)
+            if self.baseline is None:
+                if not any(t.user_attrs.get("baseline") for t in waiting):
+                    if any(t.user_attrs.get("baseline") for t in running):
+                        return _WAIT  # another worker (or thread) is measuring it
+                    failed = [t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.FAIL
+                              and not t.user_attrs.get("stale") and t.number >= self._first_new_trial]
+                    if failed:
+                        t = failed[-1]
+                        self.result.error = (f"the baseline config failed on another worker (trial {t.number}): "
+                                             f"{t.user_attrs.get('error_kind')}: {t.user_attrs.get('error_message')}")
+                        self._abort.set()
+                        return _DONE
+                    study.enqueue_trial(self.baseline_config, user_attrs={"baseline": True})
+            elif not waiting and self.sampler.remaining(study) == 0:
+                if running:
+                    return _WAIT
+                self._note(f"all {len(space)} valid configs measured")
+                return _DONE
+            trial = study.ask()
+            params = {k: trial.suggest_categorical(k, space.values[k]) for k in space.knob_names}
+            return trial, params
+
+    def _recover_others(self, study: optuna.Study) -> None:
+        """Fail and queue again the trials of workers that stopped (caller holds the lock)."""
+        recovered = recover_stale_trials(self.storage, study, single_writer=False, lease_s=self.options.lease_s)
+        if recovered:
+            _say(f"L{self.context}: trial(s) {', '.join(map(str, recovered))} of a worker that stopped were "
+                 "marked stale and queued again")
+
+    def _await_other_workers(self, study: optuna.Study) -> None:
+        """On a shared store, wait until other workers' trials of this study finish (or
+        are found cut off), so that every worker confirms and reports the same trials."""
+        if not self.shared:
+            return
+        said = False
+        while not self.stop.stop_requested:
+            with self.locks.hold(self._lock):
+                self._recover_others(study)
+                running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+            if not running:
+                return
+            if not said:
+                _say(f"L{self.context}: waiting for {len(running)} trial(s) of other workers before confirming")
+                said = True
+            time.sleep(WAIT_S)
 
     def _best(self, study: optuna.Study) -> FrozenTrial | None:
         complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -455,6 +627,11 @@ class ContextTuner:
 
     # -- confirmation and summary ---------------------------------------------
     def _confirm(self, study: optuna.Study) -> None:
+        # One worker confirms at a time; the next finds the verdict current and keeps it.
+        with self.locks.hold(f"confirm:{study.study_name}"):
+            self._confirm_locked(study)
+
+    def _confirm_locked(self, study: optuna.Study) -> None:
         settings = self.spec.confirmation
         trials = study.get_trials(deepcopy=False)
         baseline_trial = self._baseline_trial(trials)
@@ -501,6 +678,7 @@ class _Progress:
 
     def __init__(self, context: int, total: int | None, done: int, deadline: float | None):
         self.context, self.total, self.done, self.deadline = context, total, done, deadline
+        self._lock = threading.Lock()  # the search threads of --gpus report here together
         self.started, self.measured = time.monotonic(), 0
         self.bar = tqdm(total=total, initial=min(done, total) if total else done, desc=f"L{context}",
                         unit="trial", file=sys.stderr, dynamic_ncols=True, disable=None)
@@ -513,7 +691,12 @@ class _Progress:
             left = by_count if left is None else min(left, by_count)
         return left
 
-    def trial(self, trial: FrozenTrial, params: dict[str, Any], best: FrozenTrial | None) -> None:
+    def trial(self, trial: FrozenTrial, params: dict[str, Any], best: FrozenTrial | None,
+              slot: Slot | None = None) -> None:
+        with self._lock:
+            self._trial(trial, params, best, slot.label if slot is not None else "")
+
+    def _trial(self, trial: FrozenTrial, params: dict[str, Any], best: FrozenTrial | None, where: str) -> None:
         if not trial.user_attrs.get("stale"):
             self.done += 1
             self.measured += 1
@@ -531,7 +714,8 @@ class _Progress:
         eta = self.eta()
         eta_text = _fmt_time(eta) if eta is not None else "?"
         count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
-        _say(f"L{self.context} trial {count} (#{trial.number}) [{strategy}] {_fmt_config(params)}: {detail}; "
+        where = f" on {where}" if where else ""
+        _say(f"L{self.context} trial {count} (#{trial.number}){where} [{strategy}] {_fmt_config(params)}: {detail}; "
              f"best {best_text}; {trial.user_attrs.get('wall_s', 0):.1f} s; ETA {eta_text}")
         self.bar.set_postfix_str(f"{strategy} last={last} best={best_text}")
 
@@ -576,12 +760,18 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     device = _resolve_device(spec)
     device_str = spec.model.device if spec.model.device != "auto" else device.type
+    slots, gpu_model = gpu_slots(options.gpus, device, spec.model.device)
     fingerprint = machine_fingerprint(device)
+    if gpu_model is not None:
+        fingerprint["device_name"] = gpu_model  # the model of the GPUs measured on, not of cuda:0
+    if options.gpus and device.type == "cpu":
+        _say(f"--gpus with device cpu: {len(slots)} benchmarks run side by side on the CPU and slow each other down")
     location = parse_storage_url(options.storage)
     lock = WriterLock(location.sqlite_path) if location.sqlite_path is not None else nullcontext()
     results: list[ContextResult] = []
     with lock, StopControl() as stop:
         storage = open_storage(location)
+        locks = NamedLocks.for_storage(storage, shared=not location.is_sqlite)
         start = time.monotonic()
         contexts = spec.workload.contexts
         for i, context in enumerate(contexts):
@@ -593,7 +783,8 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
                 left = options.timeout_s - (time.monotonic() - start)
                 deadline = time.monotonic() + max(0.0, left) / (len(contexts) - i)
             tuner = ContextTuner(spec, options, context, storage=storage, location=location,
-                                 device_kind=device.type, device=device_str, fingerprint=fingerprint, stop=stop)
+                                 device_kind=device.type, device=device_str, fingerprint=fingerprint, stop=stop,
+                                 slots=tuple(slots), locks=locks)
             results.append(tuner.run(deadline))
         interrupted = stop.stop_requested
     for result in results:
