@@ -159,7 +159,7 @@ def test_generate_prints_the_tuned_config_and_speeds(tmp_path, capsys):
 
 
 def test_generate_without_defaults_warns_and_uses_the_builtin(tmp_path, capsys):
-    code = main(["generate", "--shape", "tiny", "--prompt-tokens", "600", "--new-tokens", "1", "--device", "cpu",
+    code = main(["generate", "--shape", "tiny", "--prompt-tokens", "100", "--new-tokens", "1", "--device", "cpu",
                  "--backend", "sequential", "--defaults", str(tmp_path / "missing.json")])
     out, err = capsys.readouterr()
     assert code == 0
