@@ -6,10 +6,13 @@ picks a free config and stores it; two at once could pick the same), recovering 
 trials (two workers could queue one config twice), creating a study, and confirming.
 
 On a server database (PostgreSQL, MySQL) a lock is a row of the table
-`autotune_locks`, held with SELECT ... FOR UPDATE in a transaction on its own
-connection. The database drops a dead worker's connection and with it the lock, so a
-kill -9 never leaves a lock behind. On SQLite the writer lock (autotune.store) already
-keeps other processes out; only this process's threads are serialised.
+`autotune_locks`, held with SELECT ... FOR UPDATE in a transaction on a connection of
+its own. The database ends a dead worker's connection and with it the lock, so a kill -9
+never leaves a lock behind: at once when the worker's host closes the socket, and on
+PostgreSQL within about a minute when the whole host is gone (the server probes lock
+connections with TCP keepalives instead of the system default of two hours). On SQLite
+the writer lock (autotune.store) already keeps other processes out; only this
+process's threads are serialised.
 """
 
 from __future__ import annotations
@@ -25,29 +28,49 @@ _metadata = sa.MetaData()
 _locks = sa.Table(TABLE, _metadata, sa.Column("name", sa.String(512), primary_key=True))
 
 
+# PostgreSQL server settings of the lock connections: a dead peer is noticed after
+# 30 s idle + 3 probes 10 s apart.
+_PG_KEEPALIVES = "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 -c tcp_keepalives_count=3"
+
+
+def _lock_engine(url: sa.engine.URL) -> sa.engine.Engine:
+    """Connections for the locks only, apart from Optuna's pool (a lock may be held for a
+    whole confirmation while the same process keeps writing trials)."""
+    libpq = url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2")
+    connect_args = {"options": _PG_KEEPALIVES} if libpq else {}
+    return sa.create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
 class NamedLocks:
     """`with locks.hold("study:NAME"): ...` runs the block while no other holder of
     that name, in this process or any other tuner of the store, runs its own."""
 
-    def __init__(self, engine: sa.engine.Engine | None):
-        """engine: the store's engine for a shared (server) store; None for SQLite."""
-        self._engine = engine
+    def __init__(self, url: sa.engine.URL | str | None):
+        """url: the store's database for a shared (server) store; None for SQLite."""
+        self._engine = _lock_engine(sa.engine.make_url(url)) if url is not None else None
         self._guard = threading.Lock()
         self._local: dict[str, threading.Lock] = {}
         self._known: set[str] = set()
-        if engine is not None:
+        if self._engine is not None:
             self._create_table()
 
     @classmethod
     def for_storage(cls, storage, *, shared: bool) -> "NamedLocks":
-        return cls(storage.engine if shared else None)
+        return cls(storage.engine.url if shared else None)
 
     def _create_table(self) -> None:
-        try:
-            _metadata.create_all(self._engine, checkfirst=True)
-        except sa.exc.SQLAlchemyError:
-            # Another worker created it at the same moment; it exists now, or this fails.
-            _metadata.create_all(self._engine, checkfirst=True)
+        from autotune.store import StoreError
+
+        for attempt in range(2):
+            try:
+                _metadata.create_all(self._engine, checkfirst=True)
+                return
+            except sa.exc.SQLAlchemyError as exc:
+                if attempt == 0:
+                    continue  # another worker created it at the same moment; it exists now
+                detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                raise StoreError(f"cannot create the table {TABLE} the workers coordinate through: {detail}; "
+                                 "the database user needs the right to create tables") from None
 
     def _local_lock(self, name: str) -> threading.Lock:
         with self._guard:
