@@ -67,14 +67,14 @@ def open_storage(url: str):
         database = parsed.database or ""
         if database in ("", ":memory:") or not Path(database).is_file():
             raise UserError(
-                f"no store at {url} (looked for {Path(database or '?').resolve()}); "
+                f"no store at {redact_url(url)} (looked for {Path(database or '?').resolve()}); "
                 "run `autotune tune --study studies/<spec>.toml` first, or pass --storage URL"
             )
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # driver missing, server down, auth: all user-fixable
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the store {url}: {first_line}") from None
+        raise UserError(f"cannot open the store {redact_url(url)}: {first_line}") from None
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
     if not views:
-        raise UserError(f"the store {url} holds no tuning studies yet; run `autotune tune --study FILE` first")
+        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     print(render_tables(views))
     print(
         "\nscore = w_decode*decode/baseline + w_prefill*prefill/baseline + w_recall*recall (DESIGN.md); "

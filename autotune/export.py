@@ -24,6 +24,7 @@ from autotune.best import (
     load_views,
     metric_medians,
     open_storage,
+    redact_url,
     storage_from_args,
 )
 from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
     if not views:
-        raise UserError(f"the store {url} holds no tuning studies yet; run `autotune tune --study FILE` first")
+        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     fresh, notes = build_defaults(views, allow_unconfirmed=args.unconfirmed)
     document = fresh
     out = Path(args.out)

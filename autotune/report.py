@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
     if not views:
-        raise UserError(f"the store {url} holds no tuning studies yet; run `autotune tune --study FILE` first")
+        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     out = Path(args.out)
     write_atomic(out, build_report(views, source=redact_url(url)))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(views)} studies); open it in a browser")
