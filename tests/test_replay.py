@@ -289,3 +289,25 @@ def test_sweep_resumes_from_its_journal(tmp_path):
     sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out2, bench_command=cmd, log=lambda _: None)
     assert len((tmp_path / "fake_bench.calls").read_text().splitlines()) == 5
     assert len(load_surface(out2)) == 9
+
+
+def test_synthetic_surfaces_are_fixed_by_their_seed():
+    a, b = load_surface("synthetic:kernel:7"), load_surface("synthetic:kernel:7")
+    assert np.array_equal(a.true_values, b.true_values, equal_nan=True) and a.direction == "minimize"
+    assert 0 < a.failed.sum() < len(a)  # compile failures inside the space
+    x = load_surface("synthetic:xlstm:7")
+    assert x.direction == "maximize" and not np.array_equal(x.true_values, load_surface("synthetic:xlstm:8").true_values)
+    with pytest.raises(SurfaceError, match="synthetic:xlstm:SEED"):
+        load_surface("synthetic:gemm:1")
+
+
+def test_comparison_markdown_marks_the_best_strategy():
+    from autotune.replay.report import comparison_markdown
+
+    comp = run_comparison(synthetic_surface(), ["random", "boltzmann"], seeds=range(4), horizon=15)
+    summary = summarise(comp)
+    text = comparison_markdown([summary], order=["random", "boltzmann"])
+    row = text.splitlines()[2]
+    best = max(("random", "boltzmann"), key=lambda n: summary["strategies"][n]["p_score"]["mean"])
+    cells = row.split("|")[5:7]
+    assert cells[["random", "boltzmann"].index(best)].strip().startswith("**")

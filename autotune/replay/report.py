@@ -170,3 +170,26 @@ def write_html(summary: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+
+
+def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None = None) -> str:
+    """One markdown table over several surfaces: mean P-score ± standard error per
+    strategy, the best in bold (ties within noise are not marked as such)."""
+    names = order or sorted({n for s in summaries for n in s["strategies"]})
+    head = "| surface | configs | budget | seeds | " + " | ".join(names) + " |"
+    lines = [head, "|" + " --- |" * (4 + len(names))]
+    for s in summaries:
+        means = {n: s["strategies"][n]["p_score"]["mean"] for n in names if n in s["strategies"]}
+        best = max((m for m in means.values() if m is not None), default=None)
+        cells = []
+        for n in names:
+            if n not in s["strategies"] or means[n] is None:
+                cells.append("")
+                continue
+            ps = s["strategies"][n]["p_score"]
+            se = (ps["std"] or 0.0) / math.sqrt(max(1, s["seeds"]))
+            text = f"{ps['mean']:.2f} ± {se:.2f}"
+            cells.append(f"**{text}**" if means[n] == best else text)
+        surf = s["surface"]
+        lines.append(f"| {surf['name']} | {surf['configs']} | {s['budget']} | {s['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

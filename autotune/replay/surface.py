@@ -107,8 +107,17 @@ class Surface:
 
 
 # -- loading ---------------------------------------------------------------------------
+SYNTHETIC_PREFIX = "synthetic:"
+
+
 def load_surface(path: str | Path) -> Surface:
-    """Load a surface file or a Kernel Tuner cache file (detected from its keys)."""
+    """Load a surface file or a Kernel Tuner cache file (detected from its keys).
+
+    `synthetic:xlstm:SEED` and `synthetic:kernel:SEED` generate a synthetic surface
+    (autotune.replay.synthetic) instead of reading a file.
+    """
+    if str(path).startswith(SYNTHETIC_PREFIX):
+        return _synthetic(str(path))
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -127,6 +136,16 @@ def load_surface(path: str | Path) -> Surface:
         f"{path} is neither an autotune surface (\"format\": \"{SURFACE_FORMAT}\") nor a Kernel Tuner "
         "cache (keys tune_params_keys, tune_params, cache); write one with `autotune sweep`"
     )
+
+
+def _synthetic(spec: str) -> Surface:
+    from autotune.replay.synthetic import kernel_surface, xlstm_surface
+
+    parts = spec.split(":")
+    makers = {"xlstm": xlstm_surface, "kernel": kernel_surface}
+    if len(parts) != 3 or parts[1] not in makers or not parts[2].isdigit():
+        raise SurfaceError(f"{spec!r}: write synthetic:xlstm:SEED or synthetic:kernel:SEED, e.g. synthetic:kernel:100")
+    return makers[parts[1]](int(parts[2]))
 
 
 def _parse_json(text: str, path: Path) -> Any:

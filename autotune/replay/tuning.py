@@ -36,15 +36,10 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
     "genetic": {"population": [4, 6, 8, 12, 16], "tournament": [2, 3, 4], "cxpb": [0.3, 0.5, 0.7, 0.9],
                 "indpb": [0.1, 0.2, 0.35, 0.5]},
     "bandit": {"method": ["thompson", "ucb"], "prior": [0.5, 1.0, 2.0, 4.0], "ucb_c": [0.1, 0.25, 0.5, 1.0]},
-    "boltzmann": {"model": ["neighbours", "kernel"], "power": [1.0, 1.5, 2.0, 3.0], "length": [0.1, 0.2, 0.3, 0.5],
-                  "bonus": [0.0, 0.02, 0.05, 0.1],
-                  "prior_weight": [0.1, 0.5, 1.0, 2.0], "t_start": [0.05, 0.1, 0.2, 0.4],
-                  "t_end": [0.005, 0.01, 0.02, 0.05], "horizon": [20, 40, 60, 120],
-                  "shrink": [0.5, 1.0, 2.0, 4.0], "neighbour_weight": [0.0, 0.3, 0.6, 0.9]},
-    "portfolio": {"members": [["boltzmann", "genetic", "bandit"], ["boltzmann", "genetic", "bandit", "random"],
-                              ["boltzmann", "bandit"], ["boltzmann", "genetic"]],
-                  "exploration": [0.1, 0.2, 0.4, 0.8, 1.5], "window": [10, 20, 50, 200], "warmup": [0, 3, 6, 10, 15],
-                  "credit": ["rank", "best"]},
+    "boltzmann": {"power": [1.0, 1.5, 3.0], "length": [0.15, 0.5], "t_start": [0.1, 0.4], "bonus": [0.05]},
+    "portfolio": {"members": [["boltzmann", "genetic", "bandit", "random"], ["boltzmann", "bandit"],
+                              ["boltzmann", "genetic"]],
+                  "exploration": [0.1, 0.2, 0.8], "window": [10, 50], "warmup": [3, 8], "credit": ["best"]},
 }
 MEMBERS = ("genetic", "bandit", "boltzmann")
 
