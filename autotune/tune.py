@@ -9,6 +9,11 @@ its metrics as user attrs. Then the top configs are confirmed (autotune.confirm)
 Ctrl-C stops after the running trial (then confirms); a second Ctrl-C kills that
 trial's benchmark (its config is queued for the next run). A killed tuner resumes
 when the same command runs again.
+
+Several tuners may share a server store (PostgreSQL): proposals, recovery and
+confirmation take named locks in the database (autotune.locks), running trials send
+heartbeats, and a trial whose worker is gone is failed and queued again once. With
+--gpus one search thread per GPU drives its own benchmark child (autotune.workers).
 """
 
 from __future__ import annotations
