@@ -95,12 +95,35 @@ def _state_bytes(model, scheduler, state, batch: int) -> int:
     return total // batch
 
 
-def _decode(model, token, state, steps: int):
-    logits = None
-    for _ in range(steps):
-        logits, state = model(token[:, None], state)
-        token = logits[:, -1].argmax(dim=-1)
-    return token, state, logits
+def _decode(decoder, scheduler, token, state, steps: int):
+    """Greedy decode of `steps` tokens after `token` (B,) from `state`; returns the last
+    token, the state and the last step's logits."""
+    decoder.load_state(state, scheduler.materialize)
+    tokens = decoder.generate(token[:, None], steps)
+    logits = decoder.step(tokens[:, -1:])  # untimed by callers that check finiteness only
+    return tokens[:, -1], decoder.state(), logits
+
+
+def _paths(model, scheduler, config: BenchConfig, device: torch.device):
+    """The forward used for prefill and the decoder for generation.
+
+    On CUDA: the fused-weight forward (kernels.fastpath) and a CUDA-graph decoder whose
+    bands and side streams follow the knobs (schedulers.graphs); the Ray backend keeps
+    the eager decoder, since its bands live in actors. Elsewhere the plain model and the
+    eager decoder, both through the scheduler.
+    """
+    from schedulers.graphs import make_decoder
+
+    fast = None
+    if device.type == "cuda":
+        from kernels.fastpath import FastModel
+
+        fast = FastModel(model)
+    decoder = make_decoder(model, scheduler, batch=config.batch, fast=fast,
+                           graphs=device.type == "cuda" and config.backend != "ray")
+    reason = getattr(decoder, "reason", None)
+    log.info("decode path: %s%s", decoder.kind, f" ({reason})" if reason else "")
+    return (fast if fast is not None else model), decoder
 
 
 @torch.no_grad()
@@ -132,6 +155,7 @@ def measure(config: BenchConfig, progress) -> dict:
                                compile=config.compile, watchdog_s=config.time_limit_s)
     progress.on_cleanup(scheduler.close)
     model.cell_runner = scheduler
+    forward, decoder = _paths(model, scheduler, config, device)
     gen = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(0, shape.vocab_size, (config.batch, config.context), generator=gen).to(device)
     timings["setup_s"] = clock.now() - t_start
@@ -142,22 +166,23 @@ def measure(config: BenchConfig, progress) -> dict:
     progress.phase = "warmup"
     t0 = clock.now()
     scheduler.reset_counters()
-    logits, state = model(prompt)
+    logits, state = forward(prompt)
     check_finite("prefill logits", logits)
     counters = scheduler.counters.as_dict()
     token = logits[:, -1].argmax(dim=-1)
     del logits
-    scheduler.reset_counters()
-    logits, state = model(token[:, None], state)
+    decoder.reset_counters()
+    decoder.load_state(state, scheduler.materialize)
+    logits = decoder.step(token[:, None])
     check_finite("decode logits", logits)
-    counters["decode"] = scheduler.counters.as_dict()
-    _decode(model, logits[:, -1].argmax(dim=-1), state, WARMUP_DECODE_STEPS - 1)
+    counters["decode"] = decoder.counters.as_dict()
+    _decode(decoder, scheduler, logits[:, -1].argmax(dim=-1), decoder.state(), WARMUP_DECODE_STEPS - 1)
     passes, last = 1, clock.now() - t0
     while config.compile or device.type != "cpu":
         # Compiled kernels and GPU libraries settle over a few passes; eager CPU does not.
         t1 = clock.now()
-        _, state = model(prompt)
-        _decode(model, token, state, WARMUP_DECODE_STEPS)
+        _, state = forward(prompt)
+        _decode(decoder, scheduler, token, state, WARMUP_DECODE_STEPS)
         this = clock.now() - t1
         passes += 1
         if this >= last * (1 - WARM_WHEN_WITHIN) or passes >= MAX_COMPILE_WARMUP_PASSES:
@@ -176,7 +201,7 @@ def measure(config: BenchConfig, progress) -> dict:
     t_measure = time.perf_counter()
     for repeat in range(config.repeats):
         t0 = clock.now()
-        logits, state = model(prompt)
+        logits, state = forward(prompt)
         t1 = clock.now()
         first = logits[:, -1].argmax(dim=-1)
         first.cpu()  # the first token is available to the caller
@@ -185,9 +210,12 @@ def measure(config: BenchConfig, progress) -> dict:
         last_repeat = repeat == config.repeats - 1
         if not last_repeat:
             del logits
+        decoder.load_state(state, scheduler.materialize)
         t3 = clock.now()
-        _, end_state, decode_logits = _decode(model, first, state, N)
+        decoded = decoder.generate(first[:, None], N)
         t4 = clock.now()
+        decode_logits = decoder.step(decoded[:, -1:])
+        end_state = decoder.state()
         memory.sample()
         prefill_tok_s.append(B * L / (t1 - t0))
         ttft_ms.append((t2 - t0) * 1000.0)
@@ -236,6 +264,7 @@ def measure(config: BenchConfig, progress) -> dict:
         "state_bytes": state_bytes,
         **recall,
         "max_drift": max_drift,
+        "decode_path": decoder.kind,  # cuda-graph | eager: which decoder produced decode_tok_s
     }
     return {"metrics": metrics, "counters": counters, "timings": dict(timings), "env": env.collect(device)}
 
