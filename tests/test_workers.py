@@ -8,6 +8,7 @@ The tuner runs in-process against tests/fake_bench.py; PostgreSQL is in test_pos
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -229,3 +230,21 @@ def test_bad_gpu_lists_are_refused_by_the_command_line(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["tune", "--study", "studies/cpu-quick.toml", "--gpus", "0,0"])
     assert exc.value.code == 2 and "a GPU is listed twice" in capsys.readouterr().err
+
+
+def test_a_second_tuner_on_one_sqlite_file_stops_with_one_clear_line(tmp_path):
+    """SQLite keeps one writer: several workers need a server store, and the message says so."""
+    from autotune.store import WriterLock
+
+    _spec(tmp_path)
+    db = tmp_path / "t.db"
+    with WriterLock(db):
+        second = subprocess.run(
+            [sys.executable, "-m", "autotune", "tune", "--study", str(tmp_path / "spec.toml"),
+             "--storage", f"sqlite:///{db}", "--n-trials", "2"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+    assert second.returncode == 2
+    assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert f"pid {os.getpid()}" in second.stderr and "PostgreSQL" in second.stderr
+    assert not db.exists() or optuna.get_all_study_names(f"sqlite:///{db}") == []  # nothing written
