@@ -18,7 +18,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.trial import FrozenTrial
 
 from autotune.space import DiscreteSpace
-from autotune.strategies.history import PROPOSAL_ATTR, History
+from autotune.strategies.history import History
 
 STRATEGY_ATTR = "strategy"
 
@@ -94,12 +94,10 @@ class StrategySampler(BaseSampler):
             raise AssertionError(f"{proposal.strategy} proposed config {proposal.index}, which is not free")
         history.claim(proposal.index)
         config = self.space.configs[proposal.index]
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, STRATEGY_ATTR, proposal.strategy)
+        study._storage.set_trial_user_attr(trial._trial_id, STRATEGY_ATTR, proposal.strategy)
         # Optuna hands the sampler the Trial's own cached FrozenTrial: keep it in step with
         # the storage, as Trial.set_user_attr does, so trial.user_attrs shows the strategy
         trial.user_attrs[STRATEGY_ATTR] = proposal.strategy
-        storage.set_trial_system_attr(trial._trial_id, PROPOSAL_ATTR, list(self.space.key(config)))
         return dict(config)
 
     def sample_independent(

@@ -18,10 +18,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.space import DiscreteSpace
 
-# System attr holding the values a sampler proposed (knob order), written at proposal
-# time so that concurrent workers see the config before its params are suggested.
-PROPOSAL_ATTR = "autotune:proposal"
-
 
 @dataclass(frozen=True)
 class Event:
@@ -77,14 +73,10 @@ class History:
                 settled = False
 
     def _config_index(self, trial: FrozenTrial) -> int | None:
+        # a running trial has its params once suggested; a waiting one only its fixed params
         params: Any = trial.params
         if not all(k in params for k in self.space.knob_names):
             params = trial.system_attrs.get("fixed_params") or {}
-            if not all(k in params for k in self.space.knob_names):
-                proposed = trial.system_attrs.get(PROPOSAL_ATTR)
-                if not proposed or len(proposed) != len(self.space.knob_names):
-                    return None
-                params = dict(zip(self.space.knob_names, proposed))
         return self.space.index(params)
 
     def _record(self, trial: FrozenTrial) -> None:
