@@ -262,10 +262,12 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     t0 = time.perf_counter()
     reference = Knobs(workers=1, heads_per_band=shape.num_heads,
                       chunk_size=REFERENCE_CHUNK, T_inner=REFERENCE_CHUNK)
-    if config.backend == "sequential" and knobs == reference and not config.compile:
+    plain_paths = forward is model and decoder.kind == "eager"
+    if config.backend == "sequential" and knobs == reference and not config.compile and plain_paths:
         max_drift = 0.0  # the configured run is the reference
     else:
-        configured_step, _ = model(first[:, None], state)
+        decoder.load_state(state, scheduler.materialize)
+        configured_step = decoder.step(first[:, None])  # the configured decode path
         with make_scheduler("sequential", reference, device=device, dtype=dtype) as ref:
             model.cell_runner = ref
             ref_logits, ref_state = model(prompt)
