@@ -489,10 +489,12 @@ class ContextTuner:
             self._ensure_baseline_queued(study)
         progress = _Progress(self.context, self.options.n_trials,
                              len(self._counted(study.get_trials(deepcopy=False))), deadline)
+        started = time.monotonic()
         try:
             self._search(study, space, deadline, progress)
         finally:
             progress.close()
+        self._note_rate(study, progress.measured, time.monotonic() - started)
         if self.result.error or self.stop.kill_requested():
             return self._finish(study)
         self._await_other_workers(study)
@@ -600,6 +602,18 @@ class ContextTuner:
             trial = study.ask()
             params = {k: trial.suggest_categorical(k, space.values[k]) for k in space.knob_names}
             return trial, params
+
+    def _note_rate(self, study: optuna.Study, measured: int, seconds: float) -> None:
+        """This run's throughput, and with --gpus the study's trials per GPU."""
+        if measured and seconds > 0:
+            self._note(f"this run measured {measured} trials in {_fmt_time(seconds)} "
+                       f"({measured / seconds * 3600:.0f}/hour)")
+        if len(self.slots) > 1:
+            per_gpu: dict[int, int] = {}
+            for t in self._counted(study.get_trials(deepcopy=False)):
+                if isinstance(t.user_attrs.get("gpu"), int):
+                    per_gpu[t.user_attrs["gpu"]] = per_gpu.get(t.user_attrs["gpu"], 0) + 1
+            self._note("trials per GPU " + ", ".join(f"{g}: {n}" for g, n in sorted(per_gpu.items())))
 
     def _recover_others(self, study: optuna.Study) -> None:
         """Fail and queue again the trials of workers that stopped (caller holds the lock)."""

@@ -87,8 +87,9 @@ def test_gpus_run_one_child_per_gpu_at_a_time_and_in_parallel(tmp_path, monkeypa
         assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     overlapping = [(a, b) for a, b in itertools.product(by_gpu[0], by_gpu[1]) if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, "the two GPUs' children never ran at the same time"
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert " on gpu 0 " in err and " on gpu 1 " in err
+    assert f"trials per GPU 0: {len(by_gpu[0])}, 1: {len(by_gpu[1])}" in out
 
 
 def test_gpu_list_parsing():
