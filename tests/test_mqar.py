@@ -71,3 +71,24 @@ def test_query_hits_counts_argmax_at_query_positions():
     logits[0, 3, 2] = 1.0  # wrong
     logits[0, 0, 7] = 9.0  # not a query position: ignored
     assert query_hits(logits, labels) == (1, 2)
+
+
+def test_training_script_writes_a_loadable_checkpoint(tmp_path, capsys):
+    from kernels.model import get_config
+    from kernels.mqar_train import main
+    from kernels.weights import load_checkpoint
+
+    out = tmp_path / "mqar.safetensors"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["--out", str(out), "--steps", "3", "--eval-examples", "4", "--log-every", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets its own thread count
+    model = load_checkpoint(out)
+    assert model.config == get_config("mqar-tiny")
+    # Untied on save: two matrices with equal values.
+    assert torch.equal(model.lm_head.weight, model.embedding.weight)
+    assert model.lm_head.weight.data_ptr() != model.embedding.weight.data_ptr()
+    captured = capsys.readouterr()
+    assert "trained 3 steps" in captured.out and "held-out accuracy at L=256" in captured.out
+    assert "step 3 stage L=16 P=4" in captured.err
