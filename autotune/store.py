@@ -28,6 +28,7 @@ SUFFIX_SEP = "~"
 # store; trials send a heartbeat every HEARTBEAT_S while their benchmark runs.
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 5 * HEARTBEAT_S
+SCHEMA_RACE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 
 
 class StoreError(UserError):
@@ -97,7 +98,7 @@ def open_storage(location: StorageURL) -> RDBStorage:
     else:
         engine_kwargs["pool_pre_ping"] = True
     try:
-        storage = RDBStorage(location.url, engine_kwargs=engine_kwargs)
+        storage = _create_rdb_storage(location, engine_kwargs)
         if location.is_sqlite:
             _use_write_ahead_log(storage)
         return storage
@@ -109,6 +110,23 @@ def open_storage(location: StorageURL) -> RDBStorage:
             f"the store {_display(location)} was written by another Optuna version ({exc}); "
             f"upgrade it with: optuna storage upgrade --storage '{location.url}'"
         ) from None
+
+
+def _create_rdb_storage(location: StorageURL, engine_kwargs: dict[str, Any]) -> RDBStorage:
+    """RDBStorage, which creates Optuna's tables in a new database. Workers started
+    together on a fresh server database race to create them; the losers get an
+    integrity or 'already exists' error and find the tables complete a moment later."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    attempts = 1 if location.is_sqlite else SCHEMA_RACE_ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(location.url, engine_kwargs=engine_kwargs)
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _use_write_ahead_log(storage: RDBStorage) -> None:
