@@ -168,6 +168,14 @@ def _all_at_once(n: int, work) -> list:
     return results
 
 
+def test_workers_opening_a_fresh_database_together_all_get_the_store(pg_url):
+    from autotune.store import open_storage, parse_storage_url
+
+    location = parse_storage_url(pg_url)
+    storages = _all_at_once(6, lambda i: open_storage(location))  # each creates Optuna's tables
+    assert all(s.get_all_studies() == [] for s in storages)
+
+
 def test_concurrent_workers_create_one_study_with_its_attrs(pg_url):
     from autotune.locks import NamedLocks
     from autotune.store import open_study, parse_storage_url, open_storage
