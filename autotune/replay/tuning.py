@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from autotune.replay.baseline import budget_for
+from autotune.replay.baseline import budget_for, random_curve
 from autotune.replay.runner import replay_run
 from autotune.replay.scoring import p_score
-from autotune.replay.baseline import random_curve
 from autotune.replay.surface import Surface
 
 TRAIN_SEEDS = (0, 1, 2, 3)

@@ -26,7 +26,7 @@ from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_MEMBERS = ("boltzmann", "genetic", "bandit")
+PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices; the bandit warms up
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,

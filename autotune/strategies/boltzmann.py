@@ -64,10 +64,10 @@ def kernel_utility(space: DiscreteSpace, history: History, candidates: np.ndarra
 class BoltzmannStrategy(Strategy):
     name = "boltzmann"
 
-    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, t_start: float = 0.2,
+    def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, t_start: float = 0.1,
                  t_end: float = 0.02, horizon: int = 60, shrink: float = 2.0, neighbour_weight: float = 0.6,
                  model: str = "kernel", length: float = 0.3, prior_weight: float = 0.5,
-                 max_reference: int = 200, max_candidates: int = 3000, power: float = 2.0, bonus: float = 0.0):
+                 max_reference: int = 200, max_candidates: int = 3000, power: float = 3.0, bonus: float = 0.0):
         super().__init__(space, rng)
         self.t_start, self.t_end, self.horizon = t_start, t_end, horizon
         self.shrink, self.neighbour_weight = shrink, neighbour_weight

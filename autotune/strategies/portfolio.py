@@ -57,7 +57,7 @@ class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
-                 pool: Sequence[str] | None = None, window: int = 20, exploration: float = 0.4, warmup: int = 0,
+                 pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.4, warmup: int = 3,
                  warmup_member: str = "bandit", credit: str = "rank"):
         super().__init__(space, rng)
         if not members:
