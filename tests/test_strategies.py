@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from autotune.space import DiscreteSpace, SearchSpace
 from autotune.strategies import (
     PORTFOLIO_MEMBERS,
+    PORTFOLIO_WARMUP,
     STRATEGY_NAMES,
     History,
     SpaceExhausted,
@@ -62,7 +63,7 @@ def test_each_strategy_covers_the_space_without_repeats_then_raises(name):
     assert len(keys) == len(set(keys)) == len(SPACE)
     assert all(SPACE.why_invalid(t.params) is None for t in study.trials)
     labels = {t.user_attrs["strategy"] for t in study.trials}
-    assert labels <= (set(PORTFOLIO_MEMBERS) if name == "portfolio" else {name})
+    assert labels <= ({*PORTFOLIO_MEMBERS, PORTFOLIO_WARMUP} if name == "portfolio" else {name})
     assert sampler.remaining(study) == 0
     trial = study.ask()
     with pytest.raises(SpaceExhausted, match="nothing is left"):
@@ -148,8 +149,9 @@ def test_portfolio_records_member_names_and_credits_improvements():
     sampler = make_sampler("portfolio", SPACE, seed=5)
     study = drive(sampler, SPACE, 40)
     labels = [t.user_attrs["strategy"] for t in study.trials]
-    assert set(labels) <= set(PORTFOLIO_MEMBERS) and len(set(labels)) >= 3
     portfolio = sampler.strategy
+    assert labels[: portfolio.warmup] == [PORTFOLIO_WARMUP] * portfolio.warmup
+    assert set(labels[portfolio.warmup :]) == set(PORTFOLIO_MEMBERS)
     scores = portfolio.scores(sampler.history(study))
     assert set(scores) == set(PORTFOLIO_MEMBERS) and all(np.isfinite(list(scores.values())))
 
@@ -231,3 +233,17 @@ def test_property_never_repeat_and_respect_constraints(name, seed, workers, hpb,
         else:
             study.tell(trial, float(sum(cfg.values()) % 7))
     assert len(seen) == len(set(seen)) == min(n_trials, len(space))
+
+
+def test_credit_ledger_ranks_each_result_against_those_before_it():
+    from types import SimpleNamespace
+
+    from autotune.strategies.history import Event
+    from autotune.strategies.portfolio import CreditLedger
+
+    values = [1.0, 3.0, 2.0, None, 5.0, 0.5]
+    history = SimpleNamespace(events=[Event(i, v, "genetic", i) for i, v in enumerate(values)])
+    rank = [c for _, c in CreditLedger("rank").update(history)]
+    assert rank == pytest.approx([1.0, 1.0, 0.5, 0.0, 1.0, 1 / 5])  # 0.5 beats only the failure
+    best = [c for _, c in CreditLedger("best").update(history)]
+    assert best == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]

@@ -26,7 +26,8 @@ from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices; the bandit warms up
+PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices
+PORTFOLIO_WARMUP = "bandit"  # proposes the portfolio's first trials
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,
@@ -49,7 +50,8 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
     if name == "portfolio":
         own = dict(options.get("portfolio", {}))
         pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
-        names = tuple(dict.fromkeys((*pool, own.get("warmup_member", "bandit"))))
+        own.setdefault("warmup_member", PORTFOLIO_WARMUP)
+        names = tuple(dict.fromkeys((*pool, own["warmup_member"])))
         unknown = [m for m in names if m not in _SINGLE]
         if unknown:
             raise ValueError(f"unknown portfolio member(s) {unknown}; members are {', '.join(_SINGLE)}")
@@ -69,7 +71,7 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 
 
 __all__ = [
-    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS",
+    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_WARMUP",
     "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
     "Proposal", "RandomStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",
