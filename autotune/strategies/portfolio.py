@@ -1,13 +1,21 @@
 """Portfolio: a meta-bandit that picks which strategy proposes each trial.
 
-Credit follows the area-under-curve bandit of OpenTuner: a strategy's recent uses form
-a sequence of credits, weighted so later uses count more; its score is that AUC plus
-an exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's credit is
-either 1 when its trial beat every result finished before it, else 0 (credit="best",
-OpenTuner's), or the rank of its result among all results so far, in [0, 1]
-(credit="rank": denser, so the bandit learns within a small budget). Everything is
-read back from the study's trials and their 'strategy' attr, so credit survives a
-resume and counts the work of every worker.
+The first `warmup` trials (3) go to the UCB bandit, which spreads them over the values
+of every knob; the other members' models start from that data. From then on a
+meta-bandit picks from the pool (Boltzmann and the GA by default) for each trial.
+
+Credit follows the area-under-curve bandit of OpenTuner: a member's recent uses form a
+sequence of credits, weighted so later uses count more; its score is that AUC plus an
+exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's credit is the rank
+of its result among all results so far, in [0, 1] (credit="rank", the default: dense
+enough to learn within a budget of tens of trials), or 1 when it beat every earlier
+result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no credit: they rank
+high only because they came first. Everything is read back from the study's trials and
+their 'strategy' attr, so credit survives a resume and counts the work of every worker.
+
+The defaults (pool, warm-up, window 10, exploration 0.4) were chosen in replay on
+training surfaces; studies/records/replay-tuning.json has the search and the variants
+that lost (the bandit or random search in the pool, longer warm-ups, other credits).
 """
 
 from __future__ import annotations
