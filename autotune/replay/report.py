@@ -157,9 +157,10 @@ def write_html(summary: dict[str, Any], path: str | Path) -> None:
                          marker_color=[palette[i % len(palette)] for i in range(len(names))], showlegend=False),
                   row=2, col=1)
     port = summary["strategies"].get("portfolio", {}).get("share_curves") or {}
-    for j, (member, fr) in enumerate(sorted((port.get("fractions") or {}).items())):
+    colour_of = {name: palette[i % len(palette)] for i, name in enumerate(names)}  # a member keeps its colour
+    for member, fr in sorted((port.get("fractions") or {}).items()):
         fig.add_trace(go.Scatter(x=port["at"], y=fr, name=f"portfolio: {member}", stackgroup="shares",
-                                 line={"width": 0.5, "color": palette[(j + 5) % len(palette)]}), row=3, col=1)
+                                 line={"width": 0.5, "color": colour_of.get(member, "#7f7f7f")}), row=3, col=1)
     fig.update_xaxes(title_text="evaluations", row=1, col=1)
     fig.update_yaxes(title_text=summary["surface"]["objective"], row=1, col=1)
     fig.update_xaxes(title_text="evaluations", row=3, col=1)
