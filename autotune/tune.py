@@ -96,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-study", action="store_true",
                         help="start new studies beside existing ones (name~2, ...) instead of resuming, "
                              "e.g. after a change of machine, torch or project version")
+    parser.add_argument("--skip-confirmation", action="store_true",
+                        help="search only; a later run without this flag confirms (split a long run into parts)")
     parser.add_argument("--gpus", type=_gpu_list, default=(), metavar="0,1",
                         help="measure on these GPUs, one benchmark per GPU at a time (CUDA_VISIBLE_DEVICES); "
                              "the trials are spread over them")
@@ -115,6 +117,7 @@ class TuneOptions:
     bench_command: tuple[str, ...] | None = None  # a fake benchmark, for tests
     gpus: tuple[int, ...] = ()  # --gpus: one benchmark child per GPU at a time
     lease_s: float = STALE_AFTER_S  # shared stores: a heartbeat older than this is a dead worker
+    confirm: bool = True  # False: search only (--skip-confirmation)
 
     @property
     def heartbeat_s(self) -> float:
@@ -131,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         new_study=args.new_study,
         gpus=args.gpus,
         lease_s=args.lease,
+        confirm=not args.skip_confirmation,
     )
     return tune(spec, options)
 
@@ -498,7 +502,10 @@ class ContextTuner:
         if self.result.error or self.stop.kill_requested():
             return self._finish(study)
         self._await_other_workers(study)
-        self._confirm(study)
+        if self.options.confirm:
+            self._confirm(study)
+        else:
+            self.result.notes.append("confirmation skipped (--skip-confirmation); a run without it confirms")
         return self._finish(study)
 
     def _search(self, study: optuna.Study, space, deadline: float | None, progress: "_Progress") -> None:

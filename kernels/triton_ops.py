@@ -6,6 +6,7 @@ order. Imported only where Triton exists (kernels.fused_ops.ops_for decides).
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -263,7 +264,12 @@ def _sm_count(device) -> int:
     return _SM_COUNT[index]
 
 
+# Each benchmark is a fresh process: keep the tile choices on disk (Triton's cache dir),
+# or every trial spends seconds timing the same tiles again.
+_CACHE_TUNING = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
 _gemv_rows = triton.autotune(
+    **_CACHE_TUNING,
     configs=[triton.Config({"BLOCK_N": n, "STAGES": st, "PER_SM": p}, num_warps=w) for (n, w, st, p) in ROWS_TILES],
     key=["N", "K", "PROLOGUE", "SOFT_CAP", "DH"])(_gemv_rows_kernel)
 
@@ -285,8 +291,9 @@ def _head_norm_tiles(configs, named_args, **kwargs):
     return kept or [triton.Config({"BLOCK_N": 8, "BLOCK_K": dh}, num_warps=4, num_stages=3)]
 
 
-_gemv = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "PROLOGUE", "SOFT_CAP"])(_gemv_kernel)
-_gemv_head_norm = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "DH"],
+_gemv = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "PROLOGUE", "SOFT_CAP"],
+                        **_CACHE_TUNING)(_gemv_kernel)
+_gemv_head_norm = triton.autotune(configs=_gemv_configs(GEMV_TILES), key=["N", "K", "DH"], **_CACHE_TUNING,
                                   prune_configs_by={"early_config_prune": _head_norm_tiles})(_gemv_kernel)
 
 

@@ -191,7 +191,7 @@ def test_shipped_specs_are_valid_and_fit_their_purpose():
     assert len(quick.workload.contexts) >= 2 and quick.search.n_trials <= 10
     cuda = load_spec(ROOT / "studies" / "cuda.toml")
     assert cuda.model.shape == "350m" and cuda.model.device == "cuda"
-    assert cuda.workload.contexts == (2048, 8192) and cuda.search.n_trials >= 40
-    assert set(cuda.model.backends) == {"queued", "ray"}
+    assert len(cuda.workload.contexts) == 2 and cuda.search.n_trials >= 40
+    assert cuda.model.backends == ("queued",)
     mps = load_spec(ROOT / "studies" / "mps.toml")
     assert mps.model.device == "mps" and mps.search.n_trials >= 40

@@ -203,6 +203,18 @@ def test_resume_continues_to_the_budget_without_remeasuring(tmp_path, fake_bench
     assert len(study.get_trials()) == 6 and study.user_attrs["confirmation"] == verdict
 
 
+def test_skip_confirmation_leaves_the_verdict_to_a_later_run(tmp_path, fake_bench, capsys):
+    spec = _spec(tmp_path)
+    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4, confirm=False)) == 0
+    study = _study(tmp_path, "tiny/cpu/queued/L64")
+    assert "confirmation" not in study.user_attrs
+    assert "confirmation skipped" in capsys.readouterr().out
+    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
+    study = _study(tmp_path, "tiny/cpu/queued/L64")
+    assert len(study.get_trials()) == 4  # nothing measured twice in the search
+    assert study.user_attrs["confirmation"]["verdict"] in ("improved", "baseline")
+
+
 def test_stale_running_trials_are_failed_and_measured_again(tmp_path, fake_bench):
     spec = _spec(tmp_path)
     assert tune(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
