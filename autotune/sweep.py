@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autotune.cli import UserError
+from autotune.defaults import KNOBS
 
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
 
@@ -102,25 +102,6 @@ def sweep_space(spec, context: int, backends: Sequence[str], num_heads: int):
         raise UserError(f"{spec.path}: [space] gives no valid config at context {context}: {exc}") from None
 
 
-def bench_config(spec, device: str, backends: Sequence[str], context: int, knobs: dict[str, Any],
-                 timeout_s: float) -> dict[str, Any]:
-    """The benchmark child's config: the same fields the tuner sends for a trial."""
-    return {
-        "shape": spec.model.shape,
-        "dtype": spec.model.dtype,
-        "device": device,
-        "backend": knobs.get("backend", backends[0]),
-        **{k: knobs[k] for k in KNOBS},
-        "context": context,
-        "new_tokens": spec.workload.new_tokens,
-        "batch": spec.workload.batch,
-        "repeats": spec.workload.repeats,
-        "seed": spec.workload.seed,
-        "time_limit_s": round(max(1.0, timeout_s - min(30.0, 0.1 * timeout_s)), 1),
-        "compile": getattr(spec.model, "compile", False),
-    }
-
-
 def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
     """All (config index, repeat) pairs in one shuffled order."""
     pairs = [(i, r) for r in range(repeats) for i in range(n_configs)]
@@ -167,7 +148,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     """Measure every valid config `repeats` times and write the surface file; returns its path."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
-    from autotune.trials import run_benchmark
+    from autotune.trials import bench_request, run_benchmark
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
@@ -193,7 +174,8 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
         limit = timeout_s or (min(limits.timeout_cap_s, max(limits.timeout_min_s, limits.timeout_factor * statistics.median(walls)))
                               if walls else limits.timeout_cap_s)
         knobs = space.configs[index]
-        outcome = run_benchmark(bench_config(spec, device_str, backends, context, knobs, limit),
+        outcome = run_benchmark(bench_request(spec, device=device_str, context=context, params=knobs,
+                                             repeats=spec.workload.repeats, timeout_s=limit),
                                 timeout_s=limit, command=bench_command)
         journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
                      "result": outcome.result, "wall_s": outcome.wall_s,

@@ -25,6 +25,29 @@ TERM_GRACE_S = 3.0
 POLL_S = 0.5  # how often a cancel request is looked at
 
 
+def bench_request(spec, *, device: str, context: int, params: dict[str, Any], repeats: int,
+                  timeout_s: float) -> dict[str, Any]:
+    """The benchmark child's config for one measurement of `params` (the knobs, and
+    `backend` where the spec lists several) under a study spec."""
+    from autotune.defaults import KNOBS
+
+    return {
+        "shape": spec.model.shape,
+        "dtype": spec.model.dtype,
+        "device": device,
+        "backend": params.get("backend", spec.model.backends[0]),
+        **{k: params[k] for k in KNOBS},
+        "context": context,
+        "new_tokens": spec.workload.new_tokens,
+        "batch": spec.workload.batch,
+        "repeats": repeats,
+        "seed": spec.workload.seed,
+        # The child stops itself a little before the hard kill, with a clean result.
+        "time_limit_s": round(max(1.0, timeout_s - min(30.0, 0.1 * timeout_s)), 1),
+        "compile": spec.model.compile,
+    }
+
+
 @dataclass
 class TrialOutcome:
     result: dict[str, Any]  # the child's JSON line, or a synthesized error result
