@@ -199,16 +199,23 @@ def test_regression_without_exploration_finds_the_best_of_an_additive_score():
     assert trial.user_attrs["strategy"] == "regression"
 
 
-def test_regression_indicators_cover_values_and_pairs_within_the_cap():
-    from autotune.strategies.regression import indicator_columns
+def test_regression_indicators_cover_values_steps_and_pairs_within_the_cap():
+    from autotune.strategies.regression import PAIR, SINGLE, STEP, indicator_columns
 
     singles = int(SPACE.sizes.sum())
-    cols, is_pair = indicator_columns(SPACE, pairs=False, max_features=2000)
-    assert cols.shape == (len(SPACE), 4) and len(is_pair) == singles and not is_pair.any()
-    cols, is_pair = indicator_columns(SPACE, pairs=True, max_features=2000)
-    assert cols.shape == (len(SPACE), 4 + 6) and len(is_pair) == singles + 6 * 9 and is_pair.sum() == 54
+    cols, kinds = indicator_columns(SPACE, pairs=False, steps=False, max_features=2000)
+    assert cols.shape == (len(SPACE), 4) and len(kinds) == singles and (kinds == SINGLE).all()
+    cols, kinds = indicator_columns(SPACE, pairs=True, steps=True, max_features=2000)
+    assert (kinds == STEP).sum() == 4 * 2 and (kinds == PAIR).sum() == 6 * 9
+    assert cols.shape == (len(SPACE), 4 + 4 * 2 + 6)
     assert len(np.unique(cols, axis=0)) == len(SPACE)  # every config is told apart
-    cols, is_pair = indicator_columns(SPACE, pairs=True, max_features=singles + 10)
+    # a step is active from its value upwards; the padding index is one past the last indicator
+    low = [i for i, c in enumerate(SPACE.configs) if c["workers"] == 1][0]
+    high = [i for i, c in enumerate(SPACE.configs) if c["workers"] == 4][0]
+    workers_steps = np.flatnonzero(kinds == STEP)[:2]
+    assert not set(workers_steps) & set(cols[low]) and set(workers_steps) <= set(cols[high])
+    assert (cols[low] == len(kinds)).sum() == 4 * 2 - SPACE.coords[low].sum()  # inactive steps pad
+    cols, kinds = indicator_columns(SPACE, pairs=True, steps=False, max_features=singles + 10)
     assert cols.shape == (len(SPACE), 4)  # over the cap: values only
 
 

@@ -26,37 +26,50 @@ from autotune.strategies.base import Proposal, Strategy
 from autotune.strategies.history import History
 
 
-def indicator_columns(space: DiscreteSpace, pairs: bool, max_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per config, the indices of its active indicators, and per indicator whether it is
-    a pair (True) or a single value (False)."""
-    cols, is_pair, offset = [], [], 0
-    for k in range(len(space.knob_names)):
-        cols.append(offset + space.coords[:, k])
-        is_pair.append(np.zeros(int(space.sizes[k]), dtype=bool))
-        offset += int(space.sizes[k])
-    n_pair = sum(int(space.sizes[a]) * int(space.sizes[b])
-                 for a, b in itertools.combinations(range(len(space.knob_names)), 2))
-    if pairs and offset + n_pair <= max_features:
-        for a, b in itertools.combinations(range(len(space.knob_names)), 2):
-            if space.sizes[a] == 1 or space.sizes[b] == 1:
-                continue  # a constant knob adds nothing to a pair
-            cols.append(offset + space.coords[:, a] * int(space.sizes[b]) + space.coords[:, b])
-            is_pair.append(np.ones(int(space.sizes[a] * space.sizes[b]), dtype=bool))
-            offset += int(space.sizes[a] * space.sizes[b])
-    return np.stack(cols, axis=1).astype(np.int64), np.concatenate(is_pair)
+SINGLE, PAIR, STEP = 0, 1, 2  # kinds of indicator
+
+
+def indicator_columns(space: DiscreteSpace, pairs: bool, steps: bool,
+                      max_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per config, the indices of its active indicators (padded with the index D, one
+    past the last indicator), and per indicator its kind: SINGLE (knob == value), PAIR
+    (two knobs == a pair of values) or STEP (an ordered knob >= its j-th value)."""
+    blocks, kinds, offset = [], [], 0
+    sizes = [int(n) for n in space.sizes]
+    for k, n in enumerate(sizes):
+        blocks.append(offset + space.coords[:, k : k + 1])
+        kinds.append(np.full(n, SINGLE))
+        offset += n
+    if steps:
+        # neighbouring values of an ordered knob share every step below them: a smoothness prior
+        for k, n in enumerate(sizes):
+            if space.ordered[k] and n > 2:
+                j = np.arange(1, n)
+                blocks.append(np.where(space.coords[:, k : k + 1] >= j[None, :], offset + j[None, :] - 1, -1))
+                kinds.append(np.full(n - 1, STEP))
+                offset += n - 1
+    knob_pairs = [(a, b) for a, b in itertools.combinations(range(len(sizes)), 2) if sizes[a] > 1 and sizes[b] > 1]
+    if pairs and offset + sum(sizes[a] * sizes[b] for a, b in knob_pairs) <= max_features:
+        for a, b in knob_pairs:
+            blocks.append(offset + space.coords[:, a : a + 1] * sizes[b] + space.coords[:, b : b + 1])
+            kinds.append(np.full(sizes[a] * sizes[b], PAIR))
+            offset += sizes[a] * sizes[b]
+    cols = np.concatenate(blocks, axis=1).astype(np.int64)
+    cols[cols < 0] = offset
+    return cols, np.concatenate(kinds)
 
 
 class RegressionStrategy(Strategy):
     name = "regression"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, prior_single: float = 0.1,
-                 prior_pair: float = 0.03, noise: float = 0.05, exploration: float = 0.3, pairs: bool = False,
-                 max_features: int = 2000):
+                 prior_pair: float = 0.03, prior_step: float = 0.03, noise: float = 0.05, exploration: float = 0.3,
+                 pairs: bool = False, steps: bool = False, max_features: int = 2000):
         super().__init__(space, rng)
-        self.columns, is_pair = indicator_columns(space, pairs, max_features)
-        self.n_features = len(is_pair)
+        self.columns, kinds = indicator_columns(space, pairs, steps, max_features)
+        self.n_features = len(kinds)
         # prior precision relative to the noise: ridge penalty per indicator
-        self.penalty = noise / np.where(is_pair, prior_pair, prior_single)
+        self.penalty = noise / np.array([prior_single, prior_pair, prior_step])[kinds]
         self.noise = noise
         self.exploration = exploration
         self._gram = np.zeros((self.n_features, self.n_features))
@@ -67,9 +80,9 @@ class RegressionStrategy(Strategy):
         new = observed[~self._folded[observed]]
         if not len(new):
             return
-        rows = np.zeros((len(new), self.n_features))
+        rows = np.zeros((len(new), self.n_features + 1))  # the last column takes the padding
         np.put_along_axis(rows, self.columns[new], 1.0, axis=1)
-        self._gram += rows.T @ rows
+        self._gram += rows[:, :-1].T @ rows[:, :-1]
         self._folded[new] = True
 
     def sample_weights(self, history: History) -> tuple[np.ndarray, float]:
@@ -81,7 +94,7 @@ class RegressionStrategy(Strategy):
         u = history.utility()[seen]
         mean_u = float(u.mean())
         xty = np.bincount(self.columns[seen].ravel(), weights=np.repeat(u - mean_u, self.columns.shape[1]),
-                          minlength=self.n_features)
+                          minlength=self.n_features + 1)[:-1]
         precision = self._gram + np.diag(self.penalty)
         chol = np.linalg.cholesky(precision)
         mean = solve_triangular(chol, solve_triangular(chol, xty, lower=True), lower=True, trans="T")
@@ -93,6 +106,6 @@ class RegressionStrategy(Strategy):
     def propose(self, history: History) -> Proposal:
         weights, _ = self.sample_weights(history)
         free = history.free_indices()
-        pred = weights[self.columns[free]].sum(axis=1)
+        pred = np.append(weights, 0.0)[self.columns[free]].sum(axis=1)
         best = np.flatnonzero(pred >= pred.max() - 1e-12)
         return Proposal(int(free[best[self.rng.integers(len(best))]]), self.name)
