@@ -1,17 +1,23 @@
-"""Regression: Bayesian linear model of utility over knob values and value pairs.
+"""Regression: Bayesian linear model of utility over knob values, Thompson sampling.
 
-Each config is described by one indicator per knob value and one per pair of values of
-two knobs (the interactions, e.g. block size x tile size of a kernel). Utility (0..1,
-failures 0) is modelled as the sum of their weights, with Gaussian priors that shrink
-interactions harder than single values, so the model starts additive and learns an
-interaction once the data ask for it. A proposal draws one set of weights from the
-posterior (Thompson sampling) and takes the free config with the highest predicted
-utility: exploring where the model is unsure, exploiting where it is not.
+Each config is described by one indicator per knob value; optionally (pairs=True) one
+per pair of values of two knobs (the interactions, e.g. block size x tile size of a
+kernel) and (steps=True) one per step along an ordered knob (value >= its j-th value,
+so neighbouring values share weight: a smoothness prior). Utility (0..1, failures 0)
+is modelled as the sum of the active indicators' weights under Gaussian priors
+(prior_single, prior_pair, prior_step) and noise variance `noise`. A proposal draws one
+set of weights from the posterior, its spread scaled by `exploration` (Thompson
+sampling), and takes the free config with the highest predicted utility: exploring
+where the model is unsure, exploiting where it is not.
+
+The defaults (values only, exploration 0.3) were chosen in replay on training
+surfaces: pairs and steps cost more exploration than they gained within budgets of
+tens of evaluations (studies/records/replay-tuning.json).
 
 Cost per proposal: the normal equations are kept incrementally (each observed config
 adds its indicators once); solving them is one Cholesky factorisation of a D x D
-matrix, D the number of indicators (a few hundred on the shipped spaces). Spaces whose
-pair indicators would exceed `max_features` fall back to values only.
+matrix, D the number of indicators (26 on the kernel caches with values only, a few
+hundred with pairs). Spaces whose pairs would exceed `max_features` get no pairs.
 """
 
 from __future__ import annotations
