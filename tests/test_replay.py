@@ -119,7 +119,7 @@ def test_comparison_summary_has_the_documented_keys():
         assert set(s["reach"]["within_5pct"]) == {"10", "25", "50", "100"}
         assert s["ms_per_proposal"] > 0
         assert len(s["mean_best"]) == comp.horizon
-    assert set(summary["strategies"]["portfolio"]["shares"]) <= {"genetic", "bandit", "boltzmann", "random"}
+    assert set(summary["strategies"]["portfolio"]["shares"]) <= {"genetic", "bandit", "boltzmann", "regression"}
 
 
 # -- files -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from autotune.space import DiscreteSpace, SearchSpace
 from autotune.strategies import (
+    PORTFOLIO_LEAD,
     PORTFOLIO_MEMBERS,
     PORTFOLIO_WARMUP,
     STRATEGY_NAMES,
@@ -63,7 +64,7 @@ def test_each_strategy_covers_the_space_without_repeats_then_raises(name):
     assert len(keys) == len(set(keys)) == len(SPACE)
     assert all(SPACE.why_invalid(t.params) is None for t in study.trials)
     labels = {t.user_attrs["strategy"] for t in study.trials}
-    assert labels <= ({*PORTFOLIO_MEMBERS, PORTFOLIO_WARMUP} if name == "portfolio" else {name})
+    assert labels <= ({*PORTFOLIO_MEMBERS, PORTFOLIO_WARMUP, PORTFOLIO_LEAD} if name == "portfolio" else {name})
     assert sampler.remaining(study) == 0
     trial = study.ask()
     with pytest.raises(SpaceExhausted, match="nothing is left"):
@@ -145,15 +146,77 @@ def test_failures_are_bad_never_unmeasured():
     assert history.n_free == 0 and list(history.measured) == [0, 1]
 
 
-def test_portfolio_records_member_names_and_credits_improvements():
+def test_portfolio_warms_up_then_lets_the_lead_propose_until_it_stagnates():
     sampler = make_sampler("portfolio", SPACE, seed=5)
-    study = drive(sampler, SPACE, 40)
-    labels = [t.user_attrs["strategy"] for t in study.trials]
+    # a score unrelated to the config: new bests get rare, so the lead stagnates and hands over
+    rng = np.random.default_rng(0)
+    study = drive(sampler, SPACE, len(SPACE), objective=lambda c: float(rng.normal()))
     portfolio = sampler.strategy
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    values = [t.value for t in study.trials]
     assert labels[: portfolio.warmup] == [PORTFOLIO_WARMUP] * portfolio.warmup
-    assert set(labels[portfolio.warmup :]) == set(PORTFOLIO_MEMBERS)
+    for i in range(portfolio.warmup, len(labels)):
+        last_best = max(j + 1 for j in range(i) if values[j] == max(values[: j + 1]))
+        stagnant = i - last_best >= portfolio.patience
+        assert labels[i] in (set(PORTFOLIO_MEMBERS) if stagnant else {PORTFOLIO_LEAD})
+    assert {PORTFOLIO_LEAD, *PORTFOLIO_MEMBERS} <= set(labels)
     scores = portfolio.scores(sampler.history(study))
     assert set(scores) == set(PORTFOLIO_MEMBERS) and all(np.isfinite(list(scores.values())))
+
+
+def test_portfolio_without_a_lead_lets_the_meta_bandit_pick_every_trial():
+    options = {"portfolio": {"lead": None, "warmup": 3}}
+    study = drive(make_sampler("portfolio", SPACE, seed=5, options=options), SPACE, 40)
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    assert labels[:3] == [PORTFOLIO_WARMUP] * 3
+    assert set(labels[3:]) == set(PORTFOLIO_MEMBERS)
+
+
+def test_portfolio_rejects_a_lead_outside_its_members():
+    from autotune.strategies import BanditStrategy, PortfolioStrategy
+
+    with pytest.raises(ValueError, match="lead 'genetic' is not among its members"):
+        PortfolioStrategy(SPACE, np.random.default_rng(0), [BanditStrategy(SPACE, np.random.default_rng(1))],
+                          warmup_member="bandit", lead="genetic")
+
+
+def additive_score(cfg) -> float:
+    return 0.3 * cfg["workers"] - abs(np.log2(cfg["chunk_size"]) - 5) + 0.1 * np.log2(cfg["T_inner"])
+
+
+def test_regression_without_exploration_finds_the_best_of_an_additive_score():
+    order = sorted(range(len(SPACE)), key=lambda i: additive_score(SPACE.configs[i]))
+    best, held_back = order[-1], set(order[-1:]) | set(order[:2])  # the best and two poor ones
+    sampler = make_sampler("regression", SPACE, seed=0, options={"regression": {"exploration": 0.0}})
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for i in range(len(SPACE)):
+        if i not in held_back:
+            study.enqueue_trial(SPACE.configs[i])
+            trial = study.ask()
+            study.tell(trial, additive_score(suggest(trial, SPACE)))
+    trial = study.ask()
+    assert SPACE.index(suggest(trial, SPACE)) == best
+    assert trial.user_attrs["strategy"] == "regression"
+
+
+def test_regression_indicators_cover_values_steps_and_pairs_within_the_cap():
+    from autotune.strategies.regression import PAIR, SINGLE, STEP, indicator_columns
+
+    singles = int(SPACE.sizes.sum())
+    cols, kinds = indicator_columns(SPACE, pairs=False, steps=False, max_features=2000)
+    assert cols.shape == (len(SPACE), 4) and len(kinds) == singles and (kinds == SINGLE).all()
+    cols, kinds = indicator_columns(SPACE, pairs=True, steps=True, max_features=2000)
+    assert (kinds == STEP).sum() == 4 * 2 and (kinds == PAIR).sum() == 6 * 9
+    assert cols.shape == (len(SPACE), 4 + 4 * 2 + 6)
+    assert len(np.unique(cols, axis=0)) == len(SPACE)  # every config is told apart
+    # a step is active from its value upwards; the padding index is one past the last indicator
+    low = [i for i, c in enumerate(SPACE.configs) if c["workers"] == 1][0]
+    high = [i for i, c in enumerate(SPACE.configs) if c["workers"] == 4][0]
+    workers_steps = np.flatnonzero(kinds == STEP)[:2]
+    assert not set(workers_steps) & set(cols[low]) and set(workers_steps) <= set(cols[high])
+    assert (cols[low] == len(kinds)).sum() == 4 * 2 - SPACE.coords[low].sum()  # inactive steps pad
+    cols, kinds = indicator_columns(SPACE, pairs=True, steps=False, max_features=singles + 10)
+    assert cols.shape == (len(SPACE), 4)  # over the cap: values only
 
 
 def test_genetic_leaves_the_global_random_state_alone():

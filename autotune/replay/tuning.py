@@ -1,14 +1,20 @@
 """Tune the strategies' own hyperparameters in replay, on training surfaces only.
 
     python -m autotune.replay.tuning [--seeds 15] [--rounds 2] [--out studies/records/replay-tuning.json]
+    python -m autotune.replay.tuning --variants '{"name": ["portfolio", {"portfolio": {"warmup": 3}}]}' \
+        [--surfaces train|small] [--seeds 100]
 
 Coordinate search: for each strategy, one hyperparameter at a time is set to each value
 of its grid while the others stay at their best so far; a change is kept when it raises
 the mean P-score over the training surfaces (a P-score only looks at the first
 `budget` evaluations, so runs stop there). The members are tuned alone, then the
-portfolio's own knobs with the tuned members. The training surfaces are synthetic
-(seeds 0-3 of both generators in autotune.replay.synthetic); reports use other
-surfaces (recorded sweeps, Kernel Tuner caches, held-out generator seeds).
+portfolio's own knobs with the tuned members. `--variants` instead scores named
+(strategy, options) pairs once each and prints the mean and per-surface P-scores.
+
+Training surfaces (reports use others: recorded sweeps, Kernel Tuner caches, held-out
+generator seeds): "train", seeds 0-3 of both generators in autotune.replay.synthetic
+(440 and 2240 configs); "small", the xlstm model at seeds 0-3 over the 18-config space
+of the CPU sweeps (4 heads, 2 repeats), for what a budget of about ten evaluations asks.
 """
 
 from __future__ import annotations
@@ -30,22 +36,28 @@ from autotune.replay.surface import Surface
 
 TRAIN_SEEDS = (0, 1, 2, 3)
 HELD_OUT_SEEDS = (100, 101, 102, 103)
+# the value lists of studies/surfaces/cpu-tiny.toml: 18 valid configs with 4 heads
+SMALL_VALUES = {"workers": [1, 2, 4], "heads_per_band": [1, 2, 4], "chunk_size": [16, 64], "T_inner": [16, 64]}
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "genetic": {"population": [4, 6, 8, 12, 16], "tournament": [2, 3, 4], "cxpb": [0.3, 0.5, 0.7, 0.9],
                 "indpb": [0.1, 0.2, 0.35, 0.5]},
     "bandit": {"method": ["thompson", "ucb"], "prior": [0.5, 1.0, 2.0, 4.0], "ucb_c": [0.1, 0.25, 0.5, 1.0]},
     "boltzmann": {"power": [1.0, 1.5, 3.0], "length": [0.15, 0.5], "t_start": [0.1, 0.4], "bonus": [0.05]},
+    "regression": {"exploration": [0.2, 0.3, 0.5, 1.0], "noise": [0.02, 0.05, 0.2],
+                   "prior_single": [0.03, 0.1, 1.0], "pairs": [False, True]},
     "portfolio": {"members": [["boltzmann", "genetic", "bandit", "random"], ["boltzmann", "bandit"],
                               ["boltzmann", "genetic"]],
                   "exploration": [0.1, 0.2, 0.8], "window": [10, 50], "warmup": [3, 8], "credit": ["best"]},
 }
-MEMBERS = ("genetic", "bandit", "boltzmann")
+MEMBERS = ("genetic", "bandit", "boltzmann", "regression")
 
 
-def training_surfaces() -> list[Surface]:
+def training_surfaces(kind: str = "train") -> list[Surface]:
     from autotune.replay.synthetic import kernel_surface, xlstm_surface
 
+    if kind == "small":
+        return [xlstm_surface(s, num_heads=4, repeats=2, values=SMALL_VALUES) for s in TRAIN_SEEDS]
     return [xlstm_surface(s) for s in TRAIN_SEEDS] + [kernel_surface(s) for s in TRAIN_SEEDS]
 
 
@@ -104,13 +116,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", default=",".join((*MEMBERS, "portfolio")))
     parser.add_argument("--start", default="{}", help="starting options (JSON), e.g. a previous result")
     parser.add_argument("--out", default="studies/records/replay-tuning.json")
+    parser.add_argument("--surfaces", choices=("train", "small"), default="train", help="training set (default train)")
+    parser.add_argument("--variants", default=None,
+                        help='score named variants instead of searching: JSON {"name": [strategy, options]}')
     args = parser.parse_args(argv)
     from autotune.replay.runner import _quiet_optuna
 
     _quiet_optuna(torch_threads=False)
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
-    evaluate = Evaluator(training_surfaces(), range(args.seeds))
+    evaluate = Evaluator(training_surfaces(args.surfaces), range(args.seeds))
+    if args.variants:
+        for label, (strategy, options) in json.loads(args.variants).items():
+            mean, per = evaluate(strategy, options)
+            print(f"{label:<16} {mean:.3f}  " + " ".join(f"{x:.2f}" for x in per), flush=True)
+        return 0
     options: dict[str, dict[str, Any]] = json.loads(args.start)
     trail = []
     for strategy in args.strategies.split(","):

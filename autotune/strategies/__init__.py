@@ -24,16 +24,19 @@ from autotune.strategies.genetic import GeneticStrategy
 from autotune.strategies.history import History
 from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
+from autotune.strategies.regression import RegressionStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices
-PORTFOLIO_WARMUP = "bandit"  # proposes the portfolio's first trials
+PORTFOLIO_LEAD = "regression"  # proposes while the search keeps improving
+PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices once it stagnates
+PORTFOLIO_WARMUP = "bandit"  # proposes the first trials (the warm-up)
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,
     "genetic": GeneticStrategy,
     "bandit": BanditStrategy,
     "boltzmann": BoltzmannStrategy,
+    "regression": RegressionStrategy,
 }
 STRATEGY_NAMES = (*_SINGLE, "portfolio")
 
@@ -51,7 +54,8 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
         own = dict(options.get("portfolio", {}))
         pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
         own.setdefault("warmup_member", PORTFOLIO_WARMUP)
-        names = tuple(dict.fromkeys((*pool, own["warmup_member"])))
+        own.setdefault("lead", PORTFOLIO_LEAD)
+        names = tuple(dict.fromkeys((*pool, *(m for m in (own["lead"], own["warmup_member"]) if m))))
         unknown = [m for m in names if m not in _SINGLE]
         if unknown:
             raise ValueError(f"unknown portfolio member(s) {unknown}; members are {', '.join(_SINGLE)}")
@@ -71,8 +75,8 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 
 
 __all__ = [
-    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_WARMUP",
+    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_LEAD", "PORTFOLIO_MEMBERS", "PORTFOLIO_WARMUP",
     "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
-    "Proposal", "RandomStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
+    "Proposal", "RandomStrategy", "RegressionStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",
 ]

@@ -1,21 +1,28 @@
-"""Portfolio: a meta-bandit that picks which strategy proposes each trial.
+"""Portfolio: a lead strategy that hands over to a meta-bandit when the search stagnates.
 
-The first `warmup` trials (3) go to the UCB bandit, which spreads them over the values
-of every knob; the other members' models start from that data. From then on a
-meta-bandit picks from the pool (Boltzmann and the GA by default) for each trial.
+The first `warmup` trials (8) go to the UCB bandit, which spreads them over the values
+of every knob (on a small space that covering is most of what a short budget can do).
+Then the lead (the regression strategy: a Bayesian additive model with Thompson
+sampling) proposes as long as the search keeps improving: while fewer than `patience`
+(10) finished trials have passed since the last one that beat every earlier result.
+Once it stagnates, a meta-bandit picks from the pool (Boltzmann and the GA by default:
+a local, interaction-aware model and a local search) for each trial until a trial
+improves the best again, and the lead takes over once more.
 
-Credit follows the area-under-curve bandit of OpenTuner: a member's recent uses form a
-sequence of credits, weighted so later uses count more; its score is that AUC plus an
-exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's credit is the rank
-of its result among all results so far, in [0, 1] (credit="rank", the default: dense
-enough to learn within a budget of tens of trials), or 1 when it beat every earlier
-result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no credit: they rank
-high only because they came first. Everything is read back from the study's trials and
-their 'strategy' attr, so credit survives a resume and counts the work of every worker.
+The meta-bandit's credit follows the area-under-curve bandit of OpenTuner: a member's
+recent uses form a sequence of credits, weighted so later uses count more; its score is
+that AUC plus an exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's
+credit is the rank of its result among all results so far, in [0, 1] (credit="rank",
+the default: dense enough to learn within a budget of tens of trials), or 1 when it
+beat every earlier result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no
+credit: they rank high only because they came first. Everything is read back from the
+study's trials and their 'strategy' attr, so credit and stagnation survive a resume and
+count the work of every worker. With lead=None the meta-bandit picks every trial after
+the warm-up (the previous default, with warmup=3).
 
-The defaults (pool, warm-up, window 10, exploration 0.4) were chosen in replay on
-training surfaces; studies/records/replay-tuning.json has the search and the variants
-that lost (the bandit or random search in the pool, longer warm-ups, other credits).
+The defaults (lead, warm-up, patience, pool, window 10, exploration 0.4) were chosen in
+replay on training surfaces; studies/records/replay-tuning.json has the search and the
+variants that lost (no warm-up, the regression in the pool, other fallbacks).
 """
 
 from __future__ import annotations
@@ -65,20 +72,27 @@ class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
-                 pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.4, warmup: int = 3,
-                 warmup_member: str = "bandit", credit: str = "rank"):
+                 pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.4, warmup: int = 8,
+                 warmup_member: str = "bandit", credit: str = "rank", lead: str | None = None,
+                 patience: int = 10):
         super().__init__(space, rng)
         if not members:
             raise ValueError("a portfolio needs at least one member strategy")
         self.members = {m.name: m for m in members}
-        # the members the meta-bandit chooses from after the warm-up
+        # the members the meta-bandit chooses from once the lead stagnates
         self.pool = [name for name in (pool or self.members) if name in self.members]
         self.window = window
         self.exploration = exploration
         # The first trials go to one member that explores systematically (the bandit tries
         # every value of every knob): the others' models then start from well-spread data.
         self.warmup = warmup
-        self.warmup_member = warmup_member if warmup_member in self.members else next(iter(self.members))
+        for role, name in (("warmup_member", warmup_member), ("lead", lead)):
+            if name is not None and name not in self.members:
+                raise ValueError(f"portfolio {role} {name!r} is not among its members {list(self.members)}")
+        self.warmup_member = warmup_member
+        # the member that proposes while the search improves (None: the meta-bandit always)
+        self.lead = lead
+        self.patience = patience  # finished trials without a new best before the hand-over
         self._ledger = CreditLedger(credit)
         self._ledger_history: History | None = None
 
@@ -109,9 +123,20 @@ class PortfolioStrategy(Strategy):
             scores[name] = auc + self.exploration * math.sqrt(2.0 * math.log(total) / n)
         return scores
 
+    @staticmethod
+    def since_improvement(history: History) -> int:
+        """Finished trials since the last one that beat every earlier result."""
+        best, last = -math.inf, 0
+        for n, event in enumerate(history.events, start=1):
+            if event.value is not None and event.value > best:
+                best, last = event.value, n
+        return len(history.events) - last
+
     def choose(self, history: History) -> str:
         if len(history.observed) < self.warmup:
             return self.warmup_member
+        if self.lead is not None and self.since_improvement(history) < self.patience:
+            return self.lead
         scores = self.scores(history)
         top = max(scores.values())
         tied = [name for name, s in scores.items() if s >= top - 1e-12]
