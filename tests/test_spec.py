@@ -195,3 +195,10 @@ def test_shipped_specs_are_valid_and_fit_their_purpose():
     assert cuda.model.backends == ("queued",)
     mps = load_spec(ROOT / "studies" / "mps.toml")
     assert mps.model.device == "mps" and mps.search.n_trials >= 40
+
+
+def test_every_strategy_can_be_named_in_a_spec():
+    from autotune.spec import STRATEGIES
+    from autotune.strategies import STRATEGY_NAMES
+
+    assert set(STRATEGIES) == set(STRATEGY_NAMES)
