@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 BENCH_COMMAND = (sys.executable, "-m", "autotune.bench")
+TUNER_ENV = "AUTOTUNE_TUNER_PID"  # the child ends itself when this process is gone (autotune.bench.tuner_watch)
 STDERR_TAIL_CHARS = 4000
 # After SIGTERM the group gets this long to clean up (Ray actors, CUDA contexts).
 TERM_GRACE_S = 3.0
@@ -170,7 +171,7 @@ def run_benchmark(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        env=env,
+        env={**(os.environ if env is None else env), TUNER_ENV: str(os.getpid())},
         text=True,
         errors="replace",
     )

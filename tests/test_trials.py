@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -235,3 +236,44 @@ def test_result_json_round_trips_the_config(tmp_path):
     outcome = run_benchmark(config, timeout_s=30, command=cmd)
     assert len(outcome.result["argv"]) == 1
     assert json.loads(outcome.result["argv"][0]) == config
+
+
+def test_a_benchmark_ends_itself_when_its_tuner_is_killed(tmp_path):
+    """kill -9 of the tuner: the benchmark, in its own session, notices and kills its
+    process group (itself and what it started) instead of running to its time limit."""
+    pid_file = tmp_path / "bench.pid"
+    grandchild_file = tmp_path / "worker.pid"
+    bench = _script(tmp_path, "bench.py", f"""
+        import subprocess, sys, time
+        from autotune.bench import tuner_watch
+        assert tuner_watch.start() is not None
+        worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open({str(grandchild_file)!r}, "w").write(str(worker.pid))
+        time.sleep(120)
+    """)
+    tuner = _script(tmp_path, "tuner.py", f"""
+        from autotune.trials import run_benchmark
+        run_benchmark({{"shape": "tiny"}}, timeout_s=120, command={bench!r},
+                      on_start=lambda pid: open({str(pid_file)!r}, "w").write(str(pid)))
+    """)
+    proc = subprocess.Popen(tuner)
+    deadline = time.monotonic() + 30
+    while not (grandchild_file.exists() and grandchild_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    bench_pid, worker_pid = int(pid_file.read_text()), int(grandchild_file.read_text())
+    assert _alive(bench_pid) and _alive(worker_pid)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while (_alive(bench_pid) or _alive(worker_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(bench_pid) and not _alive(worker_pid)
+
+
+def test_a_benchmark_started_by_hand_watches_no_tuner(monkeypatch):
+    from autotune.bench import tuner_watch
+
+    monkeypatch.delenv(tuner_watch.ENV, raising=False)
+    assert tuner_watch.start() is None
+    monkeypatch.setenv(tuner_watch.ENV, str(os.getppid() + 1))  # not this process's parent
+    assert tuner_watch.start() is None

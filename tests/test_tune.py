@@ -503,6 +503,15 @@ def _real_bench_ready() -> bool:
 needs_bench = pytest.mark.skipif(not _real_bench_ready(), reason="the benchmark process is not built yet")
 
 
+def _process_alive(pid: int) -> bool:
+    """True while pid runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _autotune(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "autotune", "tune", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -536,12 +545,10 @@ def test_cpu_quick_end_to_end_with_a_kill_9_mid_trial_and_resume(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-    # The orphaned benchmark is in its own session and never touches the store; stop it
-    # so that it does not take the CPU from the resumed run.
-    try:
-        os.killpg(victim.user_attrs["bench_pid"], signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    # The orphaned benchmark, in its own session, notices that its tuner is gone and
+    # stops with everything it started, instead of running on to its time limit.
+    orphan = victim.user_attrs["bench_pid"]
+    _wait_for(lambda: not _process_alive(orphan), 10, f"the orphaned benchmark (pid {orphan}) to stop")
     before = {t.number: (t.params, t.value) for t in done_before}
     assert optuna.load_study(study_name=first, storage=storage).get_trials()[victim.number].state == TrialState.RUNNING
 

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import IO, Callable
 
+from autotune.bench import tuner_watch
 from autotune.bench.config import BenchConfig
 from autotune.bench.errors import EXIT_CODES, TIMEOUT, InvalidConfig, classify
 from autotune.bench.output import ResultChannel
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     """Process entry: argv is [config-json] or [] (config on stdin)."""
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
+    tuner_watch.start()
     channel = ResultChannel(redirect_fds=True)
     try:
         if len(argv) > 1:
