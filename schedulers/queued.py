@@ -64,8 +64,16 @@ class _Call:
         self.band_event = [input_event] * plan.bands
         self.progress = [0] * plan.bands
         self.done: queue.SimpleQueue = queue.SimpleQueue()
+        # Autograd modes are per thread: the workers take the caller's (tensors made
+        # under inference_mode may only be updated in inference mode).
+        self.inference_mode = torch.is_inference_mode_enabled()
+        self.grad_enabled = torch.is_grad_enabled()
 
     def execute(self, band: int, chunk_index: int, stream) -> None:
+        with torch.inference_mode(self.inference_mode), torch.set_grad_enabled(self.grad_enabled):
+            self._execute(band, chunk_index, stream)
+
+    def _execute(self, band: int, chunk_index: int, stream) -> None:
         start = time.perf_counter()
         try:
             in_order = self.progress[band] == chunk_index

@@ -303,3 +303,20 @@ def test_queued_cuda_streams_match_sequential(dtype):
             for got, want in zip(final, want_final):
                 torch.testing.assert_close(got, want, **TIGHT)
         assert sched.counters.ordering_violations == 0
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_queued_runs_under_the_callers_autograd_mode(mode):
+    """The worker threads take the calling thread's mode: under inference_mode the
+    inputs are inference tensors, which a thread outside that mode may not use."""
+    config = get_config("tiny")
+    tokens = torch.randint(0, config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = XLSTM(config, seed=0)(tokens)
+    context = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad}[mode]
+    with make_scheduler("queued", Knobs(2, 1, 4, 2)) as sched:
+        model = XLSTM(config, seed=0, cell_runner=sched)
+        with context():
+            logits, _ = model(tokens)
+    assert logits.is_inference() == (mode == "inference_mode")
+    torch.testing.assert_close(logits, want, **LOOSE)
