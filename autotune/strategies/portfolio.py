@@ -27,7 +27,7 @@ only picks once it stagnates; off by default (lead=None).
 
 The defaults (warm-up 8, pool, prior, window 10, exploration 0.1) were chosen in replay
 on training surfaces; studies/records/replay-tuning.json has the search and the
-variants that lost (no warm-up, the GA in the pool, the regression as a fixed lead).
+variants compared (no warm-up, the GA in the pool, no prior, the regression as a lead).
 """
 
 from __future__ import annotations
