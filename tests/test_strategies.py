@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 
 from autotune.space import DiscreteSpace, SearchSpace
 from autotune.strategies import (
-    PORTFOLIO_LEAD,
     PORTFOLIO_MEMBERS,
+    PORTFOLIO_PRIOR,
     PORTFOLIO_WARMUP,
     STRATEGY_NAMES,
     History,
@@ -64,7 +64,7 @@ def test_each_strategy_covers_the_space_without_repeats_then_raises(name):
     assert len(keys) == len(set(keys)) == len(SPACE)
     assert all(SPACE.why_invalid(t.params) is None for t in study.trials)
     labels = {t.user_attrs["strategy"] for t in study.trials}
-    assert labels <= ({*PORTFOLIO_MEMBERS, PORTFOLIO_WARMUP, PORTFOLIO_LEAD} if name == "portfolio" else {name})
+    assert labels <= ({*PORTFOLIO_MEMBERS, PORTFOLIO_WARMUP} if name == "portfolio" else {name})
     assert sampler.remaining(study) == 0
     trial = study.ask()
     with pytest.raises(SpaceExhausted, match="nothing is left"):
@@ -146,8 +146,51 @@ def test_failures_are_bad_never_unmeasured():
     assert history.n_free == 0 and list(history.measured) == [0, 1]
 
 
-def test_portfolio_warms_up_then_lets_the_lead_propose_until_it_stagnates():
+def test_portfolio_warms_up_then_lets_the_meta_bandit_pick_every_trial():
     sampler = make_sampler("portfolio", SPACE, seed=5)
+    rng = np.random.default_rng(0)
+    study = drive(sampler, SPACE, 40, objective=lambda c: float(rng.normal()))
+    portfolio = sampler.strategy
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    assert portfolio.lead is None
+    assert labels[: portfolio.warmup] == [PORTFOLIO_WARMUP] * portfolio.warmup
+    # the prior's favourite proposes first after the warm-up, then every member gets turns
+    assert labels[portfolio.warmup] == max(PORTFOLIO_PRIOR, key=PORTFOLIO_PRIOR.get)
+    assert set(labels[portfolio.warmup :]) == set(PORTFOLIO_MEMBERS)
+    scores = portfolio.scores(sampler.history(study))
+    assert set(scores) == set(PORTFOLIO_MEMBERS) and all(np.isfinite(list(scores.values())))
+
+
+def synthetic_history(entries):
+    """A stand-in for History: (strategy, value) per finished trial, one config each."""
+    from types import SimpleNamespace
+
+    from autotune.strategies.history import Event
+
+    events = [Event(i, value, name, i) for i, (name, value) in enumerate(entries)]
+    return SimpleNamespace(events=events, observed=np.arange(len(events)))
+
+
+def test_portfolio_credits_improvements_over_its_prior():
+    portfolio = make_strategy("portfolio", SPACE, seed=0)
+    warmup = [(PORTFOLIO_WARMUP, float(v)) for v in range(portfolio.warmup)]
+    assert portfolio.choose(synthetic_history(warmup)) == "regression"  # the prior
+    # the regression's results rank last, Boltzmann's each beat every earlier one
+    later = [("regression", -1.0 - i) if i % 2 == 0 else ("boltzmann", 100.0 + i) for i in range(6)]
+    history = synthetic_history(warmup + later)
+    scores = portfolio.scores(history)
+    assert scores["boltzmann"] > scores["regression"]
+    assert portfolio.choose(history) == "boltzmann"
+
+
+def test_portfolio_prior_must_name_pool_members():
+    with pytest.raises(ValueError, match="prior names \\['genetic'\\]"):
+        make_strategy("portfolio", SPACE, seed=0, options={"portfolio": {"prior": {"genetic": 1.0}}})
+
+
+def test_portfolio_with_a_lead_lets_it_propose_until_it_stagnates():
+    options = {"portfolio": {"lead": "regression", "members": ["boltzmann", "genetic"]}}
+    sampler = make_sampler("portfolio", SPACE, seed=5, options=options)
     # a score unrelated to the config: new bests get rare, so the lead stagnates and hands over
     rng = np.random.default_rng(0)
     study = drive(sampler, SPACE, len(SPACE), objective=lambda c: float(rng.normal()))
@@ -158,18 +201,8 @@ def test_portfolio_warms_up_then_lets_the_lead_propose_until_it_stagnates():
     for i in range(portfolio.warmup, len(labels)):
         last_best = max(j + 1 for j in range(i) if values[j] == max(values[: j + 1]))
         stagnant = i - last_best >= portfolio.patience
-        assert labels[i] in (set(PORTFOLIO_MEMBERS) if stagnant else {PORTFOLIO_LEAD})
-    assert {PORTFOLIO_LEAD, *PORTFOLIO_MEMBERS} <= set(labels)
-    scores = portfolio.scores(sampler.history(study))
-    assert set(scores) == set(PORTFOLIO_MEMBERS) and all(np.isfinite(list(scores.values())))
-
-
-def test_portfolio_without_a_lead_lets_the_meta_bandit_pick_every_trial():
-    options = {"portfolio": {"lead": None, "warmup": 3}}
-    study = drive(make_sampler("portfolio", SPACE, seed=5, options=options), SPACE, 40)
-    labels = [t.user_attrs["strategy"] for t in study.trials]
-    assert labels[:3] == [PORTFOLIO_WARMUP] * 3
-    assert set(labels[3:]) == set(PORTFOLIO_MEMBERS)
+        assert labels[i] in ({"boltzmann", "genetic"} if stagnant else {"regression"})
+    assert {"regression", "boltzmann", "genetic"} <= set(labels)
 
 
 def test_portfolio_rejects_a_lead_outside_its_members():

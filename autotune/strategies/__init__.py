@@ -27,8 +27,8 @@ from autotune.strategies.random_search import RandomStrategy
 from autotune.strategies.regression import RegressionStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_LEAD = "regression"  # proposes while the search keeps improving
-PORTFOLIO_MEMBERS = ("boltzmann", "genetic")  # the meta-bandit's choices once it stagnates
+PORTFOLIO_MEMBERS = ("regression", "boltzmann")  # the meta-bandit's choices after the warm-up
+PORTFOLIO_PRIOR = {"regression": 1.0}  # initial credit: the regression proposes first after the warm-up
 PORTFOLIO_WARMUP = "bandit"  # proposes the first trials (the warm-up)
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
@@ -54,7 +54,9 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
         own = dict(options.get("portfolio", {}))
         pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
         own.setdefault("warmup_member", PORTFOLIO_WARMUP)
-        own.setdefault("lead", PORTFOLIO_LEAD)
+        own.setdefault("lead", None)
+        # the default prior only for the members a custom pool keeps
+        own.setdefault("prior", {m: c for m, c in PORTFOLIO_PRIOR.items() if m in pool})
         names = tuple(dict.fromkeys((*pool, *(m for m in (own["lead"], own["warmup_member"]) if m))))
         unknown = [m for m in names if m not in _SINGLE]
         if unknown:
@@ -75,7 +77,7 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 
 
 __all__ = [
-    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_LEAD", "PORTFOLIO_MEMBERS", "PORTFOLIO_WARMUP",
+    "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_PRIOR", "PORTFOLIO_WARMUP",
     "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
     "Proposal", "RandomStrategy", "RegressionStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",

@@ -1,35 +1,40 @@
-"""Portfolio: a lead strategy that hands over to a meta-bandit when the search stagnates.
+"""Portfolio: a meta-bandit that picks which member proposes each trial and credits improvements.
 
 The first `warmup` trials (8) go to the UCB bandit, which spreads them over the values
 of every knob (on a small space that covering is most of what a short budget can do).
-Then the lead (the regression strategy: a Bayesian additive model with Thompson
-sampling) proposes as long as the search keeps improving: while fewer than `patience`
-(10) finished trials have passed since the last one that beat every earlier result.
-Once it stagnates, a meta-bandit picks from the pool (Boltzmann and the GA by default:
-a local, interaction-aware model and a local search) for each trial until a trial
-improves the best again, and the lead takes over once more.
+After that, for every trial, an area-under-curve meta-bandit after OpenTuner's picks the
+member of the pool that proposes it (by default the regression strategy, a Bayesian
+additive model with Thompson sampling, and Boltzmann, a local, interaction-aware model).
 
-The meta-bandit's credit follows the area-under-curve bandit of OpenTuner: a member's
-recent uses form a sequence of credits, weighted so later uses count more; its score is
-that AUC plus an exploration bonus c * sqrt(2 ln(uses of all) / uses of it). A use's
-credit is the rank of its result among all results so far, in [0, 1] (credit="rank",
-the default: dense enough to learn within a budget of tens of trials), or 1 when it
-beat every earlier result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no
-credit: they rank high only because they came first. Everything is read back from the
-study's trials and their 'strategy' attr, so credit and stagnation survive a resume and
-count the work of every worker. With lead=None the meta-bandit picks every trial after
-the warm-up (the previous default, with warmup=3).
+Credit: a member's recent uses (the last `window`, 10, over the pool) form a sequence of
+credits, weighted so later uses count more; its score is that AUC plus an exploration
+bonus c * sqrt(2 ln(uses of all) / uses of it), c = `exploration` (0.1). A use's credit
+is the rank of its result among all results so far, in [0, 1] (credit="rank", the
+default: dense enough to learn within a budget of tens of trials), or 1 when it beat
+every earlier result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no
+credit: they rank high only because they came first. `prior` gives every pool member
+one pseudo-use before its real ones (the named credit, 0.5, a median result, for the
+others); by default the regression's is 1.0, so it proposes the first trial after the
+warm-up and keeps proposing while its results rank high (without a prior, a member
+never used scores infinity, so the first trials after the warm-up go to members drawn
+at random, which costs the smallest budgets). Everything is read back from the study's
+trials and their 'strategy' attr, so credit survives a resume and counts the work of
+every worker.
 
-The defaults (lead, warm-up, patience, pool, window 10, exploration 0.4) were chosen in
-replay on training surfaces; studies/records/replay-tuning.json has the search and the
-variants that lost (no warm-up, the regression in the pool, other fallbacks).
+Optionally a `lead` member proposes while the search keeps improving (while fewer than
+`patience` finished trials have passed since the last new best) and the meta-bandit
+only picks once it stagnates; off by default (lead=None).
+
+The defaults (warm-up 8, pool, prior, window 10, exploration 0.1) were chosen in replay
+on training surfaces; studies/records/replay-tuning.json has the search and the
+variants compared (no warm-up, the GA in the pool, no prior, the regression as a lead).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -72,14 +77,14 @@ class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
-                 pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.4, warmup: int = 8,
+                 pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.1, warmup: int = 8,
                  warmup_member: str = "bandit", credit: str = "rank", lead: str | None = None,
-                 patience: int = 10):
+                 patience: int = 10, prior: Mapping[str, float] | None = None):
         super().__init__(space, rng)
         if not members:
             raise ValueError("a portfolio needs at least one member strategy")
         self.members = {m.name: m for m in members}
-        # the members the meta-bandit chooses from once the lead stagnates
+        # the members the meta-bandit chooses from (once the lead stagnates, if there is one)
         self.pool = [name for name in (pool or self.members) if name in self.members]
         self.window = window
         self.exploration = exploration
@@ -93,6 +98,12 @@ class PortfolioStrategy(Strategy):
         # the member that proposes while the search improves (None: the meta-bandit always)
         self.lead = lead
         self.patience = patience  # finished trials without a new best before the hand-over
+        # one pseudo-use per pool member, credited before its real uses (0.5 where not named):
+        # the member with the highest prior is picked first; real credits soon outweigh it
+        self.prior = dict(prior or {})
+        unknown = [name for name in self.prior if name not in self.pool]
+        if unknown:
+            raise ValueError(f"portfolio prior names {unknown}, which are not in its pool {self.pool}")
         self._ledger = CreditLedger(credit)
         self._ledger_history: History | None = None
 
@@ -102,17 +113,18 @@ class PortfolioStrategy(Strategy):
             member.reseed(child)
 
     def scores(self, history: History) -> dict[str, float]:
-        """AUC credit plus exploration bonus per member (inf for a member never used)."""
+        """AUC credit plus exploration bonus per member (inf for one never used when there is no prior)."""
         if self._ledger_history is not history:  # a new study: start the ledger afresh
             self._ledger = CreditLedger(self._ledger.kind)
             self._ledger_history = history
         # warm-up trials ranked high only because they came first: they earn no credit
         credits = self._ledger.update(history)[self.warmup :]
         recent = [c for c in credits if c[0] in self.pool][-self.window :]
-        per_member: dict[str, list[float]] = {name: [] for name in self.pool}
+        per_member: dict[str, list[float]] = {
+            name: [self.prior.get(name, 0.5)] if self.prior else [] for name in self.pool}
         for name, credit in recent:
             per_member[name].append(credit)
-        total = max(1, len(recent))
+        total = max(1, len(recent) + (len(self.pool) if self.prior else 0))
         scores = {}
         for name, seq in per_member.items():
             n = len(seq)
