@@ -344,7 +344,7 @@ class ContextTuner:
         if self.options.confirm:
             self._confirm(study)
         else:
-            self.result.notes.append("confirmation skipped (--skip-confirmation); a run without it confirms")
+            self._note("confirmation skipped (--skip-confirmation); a run without it confirms")
         return self._finish(study)
 
     def _search(self, study: optuna.Study, space, deadline: float | None, progress: Progress) -> None:

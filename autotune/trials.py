@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from autotune.bench.tuner_watch import ENV as TUNER_ENV  # the child ends itself once this process is gone
+from autotune.defaults import KNOBS
+
 BENCH_COMMAND = (sys.executable, "-m", "autotune.bench")
-TUNER_ENV = "AUTOTUNE_TUNER_PID"  # the child ends itself when this process is gone (autotune.bench.tuner_watch)
 STDERR_TAIL_CHARS = 4000
 # After SIGTERM the group gets this long to clean up (Ray actors, CUDA contexts).
 TERM_GRACE_S = 3.0
@@ -30,8 +32,6 @@ def bench_request(spec, *, device: str, context: int, params: dict[str, Any], re
                   timeout_s: float) -> dict[str, Any]:
     """The benchmark child's config for one measurement of `params` (the knobs, and
     `backend` where the spec lists several) under a study spec."""
-    from autotune.defaults import KNOBS
-
     return {
         "shape": spec.model.shape,
         "dtype": spec.model.dtype,

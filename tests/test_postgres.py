@@ -32,6 +32,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tiny_study import tiny_spec_text
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_BENCH = ROOT / "tests" / "fake_bench.py"
 
@@ -280,26 +282,6 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path, pg_url):
 
 
 # --------------------------------------------- two tuners, fake benchmark
-SPEC = """
-[model]
-shape = "tiny"
-device = "cpu"
-backends = ["queued"]
-[workload]
-contexts = [64]
-repeats = 3
-[space]
-workers = [1, 2, 4]
-heads_per_band = [1, 2, 4]
-chunk_size = [16, 32, 64]
-T_inner = [8, 16]
-[search]
-seed = {seed}
-[confirmation]
-top_k = 1
-repeats = 4
-"""
-
 RUNNER = """
 import sys
 from autotune.spec import load_spec
@@ -317,7 +299,7 @@ def _complete_configs(trials) -> list[tuple]:
 
 
 def test_two_tuners_share_a_study_without_measuring_a_config_twice(tmp_path, pg_url):
-    (tmp_path / "spec.toml").write_text(SPEC.format(seed=1))
+    (tmp_path / "spec.toml").write_text(tiny_spec_text(confirmation="top_k = 1\nrepeats = 4"))
     (tmp_path / "runner.py").write_text(RUNNER)
     env = {**os.environ, "FAKE_BENCH_SLEEP": "0.1"}
     argv = [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "spec.toml"), pg_url, "10", str(FAKE_BENCH)]

@@ -26,6 +26,7 @@ from autotune.objective import Baseline, recall_violation, score, score_samples
 from autotune.spec import ObjectiveSpec, load_spec
 from autotune.store import StoreError, WriterLock, parse_storage_url, study_name
 from autotune.tune import ContextTuner, TuneOptions, tune
+from tiny_study import tiny_spec_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,30 +62,6 @@ print(json.dumps({
 }))
 '''
 
-SPEC = """
-[model]
-shape = "tiny"
-device = "cpu"
-backends = ["queued"]
-[workload]
-contexts = {contexts}
-repeats = 3
-[space]
-workers = [1, 2, 4]
-heads_per_band = [1, 2, 4]
-chunk_size = [16, 32, 64]
-T_inner = [8, 16]
-[objective]
-recall_floor = {floor}
-[search]
-n_trials = 5
-seed = 1
-[confirmation]
-top_k = {top_k}
-repeats = 6
-"""
-
-
 @pytest.fixture
 def fake_bench(tmp_path) -> tuple[str, ...]:
     path = tmp_path / "fake_bench.py"
@@ -94,7 +71,9 @@ def fake_bench(tmp_path) -> tuple[str, ...]:
 
 def _spec(tmp_path, contexts=(64,), floor=0.0, top_k=3, extra=""):
     path = tmp_path / "spec.toml"
-    path.write_text(SPEC.format(contexts=list(contexts), floor=floor, top_k=top_k) + extra)
+    path.write_text(tiny_spec_text(contexts=contexts, objective=f"recall_floor = {floor}",
+                                   search="n_trials = 5\nseed = 1", confirmation=f"top_k = {top_k}\nrepeats = 6")
+                    + extra)
     return load_spec(path)
 
 

@@ -26,34 +26,15 @@ from autotune.spec import load_spec
 from autotune.store import is_stale, recover_stale_trials
 from autotune.tune import TuneOptions, tune
 from autotune.workers import gpu_slots, identity, is_gone, parse_gpus
+from tiny_study import tiny_spec_text
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_BENCH = (sys.executable, str(ROOT / "tests" / "fake_bench.py"))
 STUDY = "tiny/cpu/queued/L64"
 
-SPEC = """
-[model]
-shape = "tiny"
-device = "cpu"
-backends = ["queued"]
-[workload]
-contexts = [64]
-repeats = 3
-[space]
-workers = [1, 2, 4]
-heads_per_band = [1, 2, 4]
-chunk_size = [16, 32, 64]
-T_inner = [8, 16]
-[search]
-seed = 1
-[confirmation]
-top_k = 0
-"""
-
-
 def _spec(tmp_path):
     path = tmp_path / "spec.toml"
-    path.write_text(SPEC)
+    path.write_text(tiny_spec_text())
     return load_spec(path)
 
 

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-ENV = "AUTOTUNE_TUNER_PID"  # autotune.trials.TUNER_ENV
+ENV = "AUTOTUNE_TUNER_PID"  # set by autotune.trials.run_benchmark
 POLL_S = 0.5
 
 

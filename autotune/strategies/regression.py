@@ -91,11 +91,11 @@ class RegressionStrategy(Strategy):
         self._gram += rows[:, :-1].T @ rows[:, :-1]
         self._folded[new] = True
 
-    def sample_weights(self, history: History) -> tuple[np.ndarray, float]:
-        """One posterior draw of the indicator weights, and the mean utility they add to."""
+    def sample_weights(self, history: History) -> np.ndarray:
+        """One posterior draw of the indicator weights (of utility about its mean)."""
         seen = history.observed
         if not len(seen):
-            return np.zeros(self.n_features), 0.5
+            return np.zeros(self.n_features)
         self._fold(seen)
         u = history.utility()[seen]
         mean_u = float(u.mean())
@@ -107,10 +107,10 @@ class RegressionStrategy(Strategy):
         z = self.rng.standard_normal(self.n_features)
         # posterior covariance is noise * precision^-1: chol^-T z has covariance precision^-1
         draw = mean + self.exploration * np.sqrt(self.noise) * solve_triangular(chol, z, lower=True, trans="T")
-        return draw, mean_u
+        return draw
 
     def propose(self, history: History) -> Proposal:
-        weights, _ = self.sample_weights(history)
+        weights = self.sample_weights(history)
         free = history.free_indices()
         pred = np.append(weights, 0.0)[self.columns[free]].sum(axis=1)
         best = np.flatnonzero(pred >= pred.max() - 1e-12)
