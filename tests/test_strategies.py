@@ -17,6 +17,7 @@ from autotune.strategies import (
     PORTFOLIO_MEMBERS,
     PORTFOLIO_PRIOR,
     PORTFOLIO_WARMUP,
+    PORTFOLIO_WARMUP_SPACE,
     STRATEGY_NAMES,
     History,
     SpaceExhausted,
@@ -203,6 +204,26 @@ def test_portfolio_with_a_lead_lets_it_propose_until_it_stagnates():
         stagnant = i - last_best >= portfolio.patience
         assert labels[i] in ({"boltzmann", "genetic"} if stagnant else {"regression"})
     assert {"regression", "boltzmann", "genetic"} <= set(labels)
+
+
+def test_portfolio_warmup_shrinks_in_proportion_on_large_spaces():
+    from autotune.strategies.portfolio import scaled_warmup
+
+    assert scaled_warmup(8, 18, 800) == 8 and scaled_warmup(8, 800, 800) == 8
+    assert scaled_warmup(8, 1600, 800) == 4 and scaled_warmup(8, 2240, 800) == 3
+    assert scaled_warmup(8, 10**6, 800) == 1  # never below one trial
+    assert scaled_warmup(8, 10**6, None) == 8  # no scaling asked for
+    # the default on a space larger than PORTFOLIO_WARMUP_SPACE: a shorter warm-up, then the pool
+    large_values = {"a": list(range(50)), "b": list(range(40))}
+    large = DiscreteSpace(large_values, [{"a": a, "b": b} for a in large_values["a"] for b in large_values["b"]])
+    assert len(large) > PORTFOLIO_WARMUP_SPACE
+    sampler = make_sampler("portfolio", large, seed=2)
+    study = drive(sampler, large, 6, objective=lambda c: float(c["a"] - c["b"]))
+    warmup = sampler.strategy.warmup
+    assert warmup == round(8 * PORTFOLIO_WARMUP_SPACE / len(large)) < 8
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    assert labels[:warmup] == [PORTFOLIO_WARMUP] * warmup and PORTFOLIO_WARMUP not in labels[warmup:]
+    assert make_strategy("portfolio", SPACE, seed=0).warmup == 8  # small spaces keep the full warm-up
 
 
 def test_portfolio_rejects_a_lead_outside_its_members():

@@ -30,6 +30,8 @@ DEFAULT_STRATEGY = "portfolio"
 PORTFOLIO_MEMBERS = ("regression", "boltzmann")  # the meta-bandit's choices after the warm-up
 PORTFOLIO_PRIOR = {"regression": 1.0}  # initial credit: the regression proposes first after the warm-up
 PORTFOLIO_WARMUP = "bandit"  # proposes the first trials (the warm-up)
+# the warm-up's 8 trials shrink in proportion on spaces larger than this (3 at 2240 configs)
+PORTFOLIO_WARMUP_SPACE = 800
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,
@@ -55,6 +57,7 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
         pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
         own.setdefault("warmup_member", PORTFOLIO_WARMUP)
         own.setdefault("lead", None)
+        own.setdefault("warmup_space", PORTFOLIO_WARMUP_SPACE)
         # the default prior only for the members a custom pool keeps
         own.setdefault("prior", {m: c for m, c in PORTFOLIO_PRIOR.items() if m in pool})
         names = tuple(dict.fromkeys((*pool, *(m for m in (own["lead"], own["warmup_member"]) if m))))
@@ -78,6 +81,7 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 
 __all__ = [
     "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_PRIOR", "PORTFOLIO_WARMUP",
+    "PORTFOLIO_WARMUP_SPACE",
     "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
     "Proposal", "RandomStrategy", "RegressionStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",

@@ -2,6 +2,11 @@
 
 The first `warmup` trials (8) go to the UCB bandit, which spreads them over the values
 of every knob (on a small space that covering is most of what a short budget can do).
+On a space of more than `warmup_space` configs (800 by default, through
+autotune.strategies.make_strategy) the warm-up shrinks in proportion, to at least one
+trial (3 on the 2240 configs of the synthetic kernel caches): there the knobs interact,
+the bandit's per-value sweep is close to random search, and the budgets of tens of
+trials leave the models little room after a full warm-up.
 After that, for every trial, an area-under-curve meta-bandit after OpenTuner's picks the
 member of the pool that proposes it (by default the regression strategy, a Bayesian
 additive model with Thompson sampling, and Boltzmann, a local, interaction-aware model).
@@ -25,9 +30,10 @@ Optionally a `lead` member proposes while the search keeps improving (while fewe
 `patience` finished trials have passed since the last new best) and the meta-bandit
 only picks once it stagnates; off by default (lead=None).
 
-The defaults (warm-up 8, pool, prior, window 10, exploration 0.1) were chosen in replay
-on training surfaces; studies/records/replay-tuning.json has the search and the
-variants compared (no warm-up, the GA in the pool, no prior, the regression as a lead).
+The defaults (warm-up 8 scaled beyond 800 configs, pool, prior, window 10, exploration
+0.1) were chosen in replay on training surfaces; studies/records/replay-tuning.json has
+the search and the variants compared (no warm-up, warm-ups of 1-12, the GA or the bandit
+in the pool, no prior, the regression as a lead).
 """
 
 from __future__ import annotations
@@ -73,13 +79,21 @@ class CreditLedger:
         return 1.0 if total == 0 else (below + self._failures) / total
 
 
+def scaled_warmup(warmup: int, n_configs: int, warmup_space: int | None) -> int:
+    """The warm-up's length: `warmup` trials on spaces of up to `warmup_space` configs,
+    shrinking in proportion on larger ones (at least 1); `warmup` when warmup_space is None."""
+    if warmup_space is None or n_configs <= warmup_space:
+        return warmup
+    return max(1, min(warmup, round(warmup * warmup_space / n_configs)))
+
+
 class PortfolioStrategy(Strategy):
     name = "portfolio"
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, members: Sequence[Strategy], *,
                  pool: Sequence[str] | None = None, window: int = 10, exploration: float = 0.1, warmup: int = 8,
                  warmup_member: str = "bandit", credit: str = "rank", lead: str | None = None,
-                 patience: int = 10, prior: Mapping[str, float] | None = None):
+                 patience: int = 10, prior: Mapping[str, float] | None = None, warmup_space: int | None = None):
         super().__init__(space, rng)
         if not members:
             raise ValueError("a portfolio needs at least one member strategy")
@@ -90,7 +104,7 @@ class PortfolioStrategy(Strategy):
         self.exploration = exploration
         # The first trials go to one member that explores systematically (the bandit tries
         # every value of every knob): the others' models then start from well-spread data.
-        self.warmup = warmup
+        self.warmup = scaled_warmup(warmup, len(space), warmup_space)
         for role, name in (("warmup_member", warmup_member), ("lead", lead)):
             if name is not None and name not in self.members:
                 raise ValueError(f"portfolio {role} {name!r} is not among its members {list(self.members)}")
