@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +121,23 @@ def test_comparison_summary_has_the_documented_keys():
         assert s["ms_per_proposal"] > 0
         assert len(s["mean_best"]) == comp.horizon
     assert set(summary["strategies"]["portfolio"]["shares"]) <= {"genetic", "bandit", "boltzmann", "regression"}
+
+
+SHIPPED_SURFACES = sorted((Path(__file__).parent.parent / "studies" / "surfaces").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SURFACES, ids=lambda p: p.stem)
+def test_every_shipped_surface_replays(path):
+    surface = load_surface(str(path))
+    medians = [float(np.median(s)) for s in surface.samples if len(s)]
+    assert surface.optimum == pytest.approx(max(medians) if surface.maximize else min(medians))
+    trace = replay_run(surface, "portfolio", seed=0, max_evals=len(surface))
+    assert trace.evaluations == len(surface)  # every config visited once, failures included
+    assert trace.best[-1] == pytest.approx(surface.optimum)
+
+
+def test_the_h100_surface_is_shipped():
+    assert any(p.stem.startswith("cuda-350m-queued-") for p in SHIPPED_SURFACES)
 
 
 # -- files -----------------------------------------------------------------------------------
