@@ -10,6 +10,8 @@ every other config) with the spec's objective weights.
 
 Runs are journalled to `<out>.runs.jsonl` as they finish; the same command again
 resumes after the last finished run. The journal is removed once the surface is written.
+`--stop-after` ends a part of a long sweep cleanly: no run starts that its time limit
+could carry past the deadline, so a part fits a fixed window without losing a run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from autotune.defaults import KNOBS
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
+EXIT_STOPPED = 3  # the sweep stopped at --stop-after; the same command continues it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled run order (default 0)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="hard limit per run (default: the spec's [trials] limits, adapted to the runs so far)")
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
+                        help="start no run that could end later than this (exit code 3, journal kept; "
+                             "the same command continues)")
     parser.add_argument("--out", metavar="FILE",
                         help="surface file (default studies/surfaces/<device>-<shape>-<backends>-L<context>.json)")
 
@@ -54,8 +60,12 @@ def run(args: argparse.Namespace) -> int:
     backends = _pick_backends(spec, args.backend)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.stop_after is not None and args.stop_after <= 0:
+        raise UserError(f"--stop-after must be a positive number of seconds, got {args.stop_after:g}")
     path = sweep(spec, context, backends, repeats=args.repeats, seed=args.seed,
-                 out=Path(args.out) if args.out else None, timeout_s=args.timeout)
+                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after)
+    if path is None:
+        return EXIT_STOPPED
     print(path)
     return 0
 
@@ -142,10 +152,11 @@ class Journal:
 
 # ------------------------------------------------------------------------------ sweep
 def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT_REPEATS, seed: int = 0,
-          out: Path | None = None, timeout_s: float | None = None,
+          out: Path | None = None, timeout_s: float | None = None, stop_after_s: float | None = None,
           bench_command: Sequence[str] | None = None,
-          log: Callable[[str], None] | None = None) -> Path:
-    """Measure every valid config `repeats` times and write the surface file; returns its path."""
+          log: Callable[[str], None] | None = None) -> Path | None:
+    """Measure every valid config `repeats` times and write the surface file; returns its
+    path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
     from autotune.trials import bench_request, run_benchmark
@@ -173,6 +184,13 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
         walls = [row["wall_s"] for row in journal.runs.values() if row["result"].get("status") == "ok"]
         limit = timeout_s or (min(limits.timeout_cap_s, max(limits.timeout_min_s, limits.timeout_factor * statistics.median(walls)))
                               if walls else limits.timeout_cap_s)
+        if stop_after_s is not None and time.monotonic() - started + limit > stop_after_s:
+            if n == 1:
+                raise UserError(f"--stop-after {stop_after_s:g} leaves no time for one run "
+                                f"(each may take up to {limit:g} s)")
+            log(f"stopped after {n - 1} runs: the next could end past --stop-after {stop_after_s:g} s; "
+                f"{len(todo) - n + 1} to go, the same command continues from {journal.path}")
+            return None
         knobs = space.configs[index]
         outcome = run_benchmark(bench_request(spec, device=device_str, context=context, params=knobs,
                                              repeats=spec.workload.repeats, timeout_s=limit),

@@ -309,6 +309,31 @@ def test_sweep_resumes_from_its_journal(tmp_path):
     assert len(load_surface(out2)) == 9
 
 
+def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):
+    import sys
+
+    from autotune.cli import UserError
+    from autotune.sweep import sweep
+
+    fake = tmp_path / "fake_bench.py"
+    fake.write_text(FAKE_BENCH)
+    spec = quick_spec(tmp_path)
+    out = tmp_path / "surf.json"
+    cmd = (sys.executable, str(fake))
+    with pytest.raises(UserError, match="no time for one run"):
+        sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=4.0, bench_command=cmd,
+              log=lambda _: None)
+    lines = []
+    # room for the first run's limit and a few quick runs, not for nine
+    assert sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=5.15, bench_command=cmd,
+                 log=lines.append) is None
+    done = len((tmp_path / "fake_bench.calls").read_text().splitlines())
+    assert 1 <= done < 9 and not out.exists()
+    assert "the same command continues" in lines[-1]
+    assert sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None) == out
+    assert len((tmp_path / "fake_bench.calls").read_text().splitlines()) == 9
+
+
 def test_synthetic_surfaces_are_fixed_by_their_seed():
     a, b = load_surface("synthetic:kernel:7"), load_surface("synthetic:kernel:7")
     assert np.array_equal(a.true_values, b.true_values, equal_nan=True) and a.direction == "minimize"
