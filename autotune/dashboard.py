@@ -8,6 +8,7 @@ attrs: strategy, metrics, counters, stderr tail).
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 import sys
 from socketserver import ThreadingMixIn
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, socket.gaierror) as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); pick another --port") from None
     host, port = server.server_address[:2]
+    # `kill` (a service manager's stop) ends the server as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"optuna-dashboard for {redact_url(url)} at http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()
