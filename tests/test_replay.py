@@ -249,22 +249,29 @@ def quick_spec(tmp_path):
     return parse_spec(doc, str(tmp_path / "spec.toml"))
 
 
-def test_sweep_measures_every_config_and_writes_a_surface(tmp_path):
+def fake_sweep(tmp_path):
+    """The quick spec, the surface path and the fake benchmark's command."""
     import sys
-
-    from autotune.sweep import sweep
 
     fake = tmp_path / "fake_bench.py"
     fake.write_text(FAKE_BENCH)
-    spec = quick_spec(tmp_path)
-    out = tmp_path / "surf.json"
+    return quick_spec(tmp_path), tmp_path / "surf.json", (sys.executable, str(fake))
+
+
+def bench_calls(tmp_path) -> list[str]:
+    return (tmp_path / "fake_bench.calls").read_text().splitlines()
+
+
+def test_sweep_measures_every_config_and_writes_a_surface(tmp_path):
+    from autotune.sweep import sweep
+
+    spec, out, cmd = fake_sweep(tmp_path)
     lines = []
-    path = sweep(spec, 32, ("queued",), repeats=2, seed=1, out=out, bench_command=(sys.executable, str(fake)),
-                 log=lines.append)
+    path = sweep(spec, 32, ("queued",), repeats=2, seed=1, out=out, bench_command=cmd, log=lines.append)
     surface = load_surface(path)
     # workers <= bands and T_inner | chunk: (w, h) in {(1,2),(2,2),(1,4)} x (c, t) in {(16,16),(32,16),(32,32)}
     assert len(surface) == 9 and surface.direction == "maximize"
-    calls = (tmp_path / "fake_bench.calls").read_text().splitlines()
+    calls = bench_calls(tmp_path)
     assert len(calls) == 2 * 9 and json.loads(calls[0])["context"] == 32
     baseline = {"workers": 1, "heads_per_band": 4, "chunk_size": 32, "T_inner": 32}  # builtin default at L32
     base = surface.true_values[surface.space.index(baseline)]
@@ -280,18 +287,11 @@ def test_sweep_measures_every_config_and_writes_a_surface(tmp_path):
 
 
 def test_sweep_resumes_from_its_journal(tmp_path):
-    import sys
-
     from autotune.sweep import sweep
 
-    fake = tmp_path / "fake_bench.py"
-    fake.write_text(FAKE_BENCH)
-    spec = quick_spec(tmp_path)
-    out = tmp_path / "surf.json"
-    cmd = (sys.executable, str(fake))
+    spec, out, cmd = fake_sweep(tmp_path)
     sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
-    journal_rows = [json.loads(x) for x in (tmp_path / "fake_bench.calls").read_text().splitlines()]
-    assert len(journal_rows) == 9
+    assert len(bench_calls(tmp_path)) == 9
     # a second sweep whose journal already holds 4 finished runs measures only the other 5
     from autotune.sweep import Journal, run_order, sweep_space
 
@@ -305,21 +305,15 @@ def test_sweep_resumes_from_its_journal(tmp_path):
         journal.add({"index": i, "repeat": r, "order": k, "result": ok, "wall_s": 0.1, "stderr_tail": ""})
     (tmp_path / "fake_bench.calls").unlink()
     sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out2, bench_command=cmd, log=lambda _: None)
-    assert len((tmp_path / "fake_bench.calls").read_text().splitlines()) == 5
+    assert len(bench_calls(tmp_path)) == 5
     assert len(load_surface(out2)) == 9
 
 
 def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):
-    import sys
-
     from autotune.cli import UserError
     from autotune.sweep import sweep
 
-    fake = tmp_path / "fake_bench.py"
-    fake.write_text(FAKE_BENCH)
-    spec = quick_spec(tmp_path)
-    out = tmp_path / "surf.json"
-    cmd = (sys.executable, str(fake))
+    spec, out, cmd = fake_sweep(tmp_path)
     with pytest.raises(UserError, match="no time for one run"):
         sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=4.0, bench_command=cmd,
               log=lambda _: None)
@@ -327,11 +321,11 @@ def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(
     # room for the first run's limit and a few quick runs, not for nine
     assert sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=5.15, bench_command=cmd,
                  log=lines.append) is None
-    done = len((tmp_path / "fake_bench.calls").read_text().splitlines())
+    done = len(bench_calls(tmp_path))
     assert 1 <= done < 9 and not out.exists()
     assert "the same command continues" in lines[-1]
     assert sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None) == out
-    assert len((tmp_path / "fake_bench.calls").read_text().splitlines()) == 9
+    assert len(bench_calls(tmp_path)) == 9
 
 
 def test_synthetic_surfaces_are_fixed_by_their_seed():
