@@ -120,6 +120,15 @@ def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------- journal
+def journal_header(spec, context: int, backends: Sequence[str], repeats: int, seed: int, device: str,
+                   space) -> dict[str, Any]:
+    """What a journal's first line must hold for the same command to resume it (as JSON
+    reads it back: tuples become lists)."""
+    header = {"spec": spec.to_dict(), "context": context, "backends": list(backends), "repeats": repeats,
+              "seed": seed, "device": device, "configs": [space.key(c) for c in space.configs]}
+    return json.loads(json.dumps(header))
+
+
 class Journal:
     """Finished runs, one JSON line each, after a header that must match to resume."""
 
@@ -170,9 +179,8 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     num_heads = get_config(spec.model.shape).num_heads
     space, baseline = sweep_space(spec, context, backends, num_heads)
     out = out or SURFACES_DIR / f"{device.type}-{spec.model.shape}-{'+'.join(backends)}-L{context}.json"
-    header = {"spec": spec.to_dict(), "context": context, "backends": list(backends), "repeats": repeats,
-              "seed": seed, "device": device_str, "configs": [space.key(c) for c in space.configs]}
-    journal = Journal(out.with_name(out.name + ".runs.jsonl"), json.loads(json.dumps(header)))
+    journal = Journal(out.with_name(out.name + ".runs.jsonl"),
+                      journal_header(spec, context, backends, repeats, seed, device_str, space))
     order = run_order(len(space), repeats, seed)
     position = {pair: k for k, pair in enumerate(order)}
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]

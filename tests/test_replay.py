@@ -140,6 +140,32 @@ def test_the_h100_surface_is_shipped():
     assert any(p.stem.startswith("cuda-350m-queued-") for p in SHIPPED_SURFACES)
 
 
+STUDIES = Path(__file__).parent.parent / "studies"
+SWEEPS_IN_PROGRESS = sorted((STUDIES / "surfaces").glob("*.runs.jsonl"))
+
+
+@pytest.mark.parametrize("path", SWEEPS_IN_PROGRESS, ids=lambda p: p.name)
+def test_a_shipped_sweep_journal_still_resumes(path):
+    """A device sweep that spans sessions resumes only while some spec under studies/
+    still yields its header: editing that spec's values would discard the runs."""
+    from autotune.spec import load_spec
+    from autotune.sweep import journal_header, sweep_space
+    from kernels.model import get_config
+
+    stored = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["header"]
+    matches = []
+    for toml in sorted(STUDIES.glob("*.toml")):
+        spec = load_spec(toml)
+        if spec.model.shape != stored["spec"]["model"]["shape"]:
+            continue
+        space, _ = sweep_space(spec, stored["context"], stored["backends"], get_config(spec.model.shape).num_heads)
+        header = journal_header(spec, stored["context"], stored["backends"], stored["repeats"], stored["seed"],
+                                stored["device"], space)
+        if header == stored:
+            matches.append(toml.name)
+    assert matches, f"no spec under studies/ yields the header of {path.name}"
+
+
 # -- files -----------------------------------------------------------------------------------
 def test_surface_file_round_trip(tmp_path):
     space = SearchSpace(VALUES, num_heads=4, context=32)
