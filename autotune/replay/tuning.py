@@ -1,6 +1,6 @@
 """Tune the strategies' own hyperparameters in replay, on training surfaces only.
 
-    python -m autotune.replay.tuning [--seeds 15] [--rounds 2] [--out studies/records/replay-tuning.json]
+    python -m autotune.replay.tuning [--seeds 15] [--rounds 2] [--out FILE.json]
     python -m autotune.replay.tuning --variants '{"name": ["portfolio", {"portfolio": {"warmup": 3}}]}' \
         [--surfaces train|small] [--seeds 100]
 
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="passes over each grid (default 2)")
     parser.add_argument("--strategies", default=",".join((*MEMBERS, "portfolio")))
     parser.add_argument("--start", default="{}", help="starting options (JSON), e.g. a previous result")
-    parser.add_argument("--out", default="studies/records/replay-tuning.json")
+    parser.add_argument("--out", default=None,
+                        help="write the search and its trail as JSON here (default: print the result only)")
     parser.add_argument("--surfaces", choices=("train", "small"), default="train", help="training set (default train)")
     parser.add_argument("--variants", default=None,
                         help='score named variants instead of searching: JSON {"name": [strategy, options]}')
@@ -146,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         "trail": trail,
         "wall_s": round(time.monotonic() - started, 1),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(options))
     return 0
 
