@@ -122,11 +122,29 @@ def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------------- journal
 def journal_header(spec, context: int, backends: Sequence[str], repeats: int, seed: int, device: str,
                    space) -> dict[str, Any]:
-    """What a journal's first line must hold for the same command to resume it (as JSON
-    reads it back: tuples become lists)."""
+    """A journal's first line (as JSON reads it back: tuples become lists)."""
     header = {"spec": spec.to_dict(), "context": context, "backends": list(backends), "repeats": repeats,
               "seed": seed, "device": device, "configs": [space.key(c) for c in space.configs]}
     return json.loads(json.dumps(header))
+
+
+# The spec sections a run's result depends on. The others ([search], [confirmation], the
+# storage, the list of contexts) may change between the parts of a sweep.
+MEASURED_SECTIONS = ("model", "workload", "space", "objective", "trials")
+
+
+def header_differences(stored: dict[str, Any], header: dict[str, Any]) -> list[str]:
+    """Where two journal headers differ in anything the runs measured: header fields by
+    name, spec sections as [section]. Empty when a sweep may resume from `stored`."""
+    differ = [key for key in sorted((set(stored) | set(header)) - {"spec"}) if stored.get(key) != header.get(key)]
+    for section in MEASURED_SECTIONS:
+        old, new = (dict(h.get("spec", {}).get(section) or {}) for h in (stored, header))
+        if section == "workload":
+            old.pop("contexts", None)
+            new.pop("contexts", None)
+        if old != new:
+            differ.append(f"[{section}]")
+    return differ
 
 
 class Journal:
@@ -138,11 +156,13 @@ class Journal:
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
             try:
-                stored = json.loads(lines[0]) if lines else None
-            except json.JSONDecodeError:
-                stored = None
-            if stored != {"header": header}:
-                raise UserError(f"{path} is the journal of a different sweep; remove it or choose another --out")
+                stored = json.loads(lines[0])["header"]
+            except (IndexError, json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path} is not a sweep journal (no header line); remove it or choose another --out") from None
+            differ = header_differences(stored, header)
+            if differ:
+                raise UserError(f"{path} is the journal of a different sweep (it differs in {', '.join(differ)}); "
+                                "remove it or choose another --out")
             for line in lines[1:]:
                 try:
                     row = json.loads(line)

@@ -149,7 +149,7 @@ def test_a_shipped_sweep_journal_still_resumes(path):
     """A device sweep that spans sessions resumes only while some spec under studies/
     still yields its header: editing that spec's values would discard the runs."""
     from autotune.spec import load_spec
-    from autotune.sweep import journal_header, sweep_space
+    from autotune.sweep import header_differences, journal_header, sweep_space
     from kernels.model import get_config
 
     stored = json.loads(path.read_text(encoding="utf-8").splitlines()[0])["header"]
@@ -161,7 +161,7 @@ def test_a_shipped_sweep_journal_still_resumes(path):
         space, _ = sweep_space(spec, stored["context"], stored["backends"], get_config(spec.model.shape).num_heads)
         header = journal_header(spec, stored["context"], stored["backends"], stored["repeats"], stored["seed"],
                                 stored["device"], space)
-        if header == stored:
+        if not header_differences(stored, header):
             matches.append(toml.name)
     assert matches, f"no spec under studies/ yields the header of {path.name}"
 
@@ -319,13 +319,11 @@ def test_sweep_resumes_from_its_journal(tmp_path):
     sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
     assert len(bench_calls(tmp_path)) == 9
     # a second sweep whose journal already holds 4 finished runs measures only the other 5
-    from autotune.sweep import Journal, run_order, sweep_space
+    from autotune.sweep import Journal, journal_header, run_order, sweep_space
 
     space, _ = sweep_space(spec, 32, ("queued",), 4)
-    header = {"spec": spec.to_dict(), "context": 32, "backends": ["queued"], "repeats": 1, "seed": 0,
-              "device": "cpu", "configs": [list(space.key(c)) for c in space.configs]}
     out2 = tmp_path / "surf2.json"
-    journal = Journal(out2.with_name(out2.name + ".runs.jsonl"), json.loads(json.dumps(header)))
+    journal = Journal(out2.with_name(out2.name + ".runs.jsonl"), journal_header(spec, 32, ("queued",), 1, 0, "cpu", space))
     ok = {"status": "ok", "metrics": {"prefill_tok_s": 100.0, "decode_tok_s": 50.0, "recall": 1.0}}
     for k, (i, r) in enumerate(run_order(9, 1, 0)[:4]):
         journal.add({"index": i, "repeat": r, "order": k, "result": ok, "wall_s": 0.1, "stderr_tail": ""})
@@ -333,6 +331,31 @@ def test_sweep_resumes_from_its_journal(tmp_path):
     sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out2, bench_command=cmd, log=lambda _: None)
     assert len(bench_calls(tmp_path)) == 5
     assert len(load_surface(out2)) == 9
+
+
+def test_a_sweep_resumes_after_search_settings_change_but_not_after_its_limits_do(tmp_path):
+    import dataclasses
+
+    from autotune.cli import UserError
+    from autotune.spec import SearchSpec
+    from autotune.sweep import Journal, journal_header, sweep_space
+
+    spec = quick_spec(tmp_path)
+    space, _ = sweep_space(spec, 32, ("queued",), 4)
+    path = tmp_path / "surf.json.runs.jsonl"
+    header = lambda s: journal_header(s, 32, ("queued",), 1, 0, "cpu", space)  # noqa: E731
+    Journal(path, header(spec)).add({"index": 0, "repeat": 0, "order": 0, "result": {"status": "ok"},
+                                     "wall_s": 0.1, "stderr_tail": ""})
+    rebudgeted = dataclasses.replace(spec, search=SearchSpec(n_trials=7), storage="sqlite:///elsewhere.db")
+    assert list(Journal(path, header(rebudgeted)).runs) == [(0, 0)]
+    tighter = dataclasses.replace(spec, trials=dataclasses.replace(spec.trials, timeout_cap_s=31))
+    with pytest.raises(UserError, match=r"differs in \[trials\]"):
+        Journal(path, header(tighter))
+    with pytest.raises(UserError, match="differs in repeats"):
+        Journal(path, journal_header(spec, 32, ("queued",), 2, 0, "cpu", space))
+    path.write_text("not json\n")
+    with pytest.raises(UserError, match="not a sweep journal"):
+        Journal(path, header(spec))
 
 
 def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):
