@@ -3,7 +3,12 @@
 The search measured each config once with few repeats, and its best score is the
 maximum of many noisy numbers, so it is biased upwards. The top `top_k` feasible
 configs that scored above the baseline are measured again, with more repeats, together
-with the baseline; per repeat a score is formed (objective.score_samples). The
+with the baseline; per repeat a score is formed (objective.score_samples). The repeats
+are split among `processes` benchmark processes per config, run in rounds (baseline,
+candidates, baseline, ...): one process's speed can sit apart from another's by more
+than its repeats scatter (on an H100, prefill by 10% in the median against a 4% spread
+within a process; studies/records/sweep-h100-L4096.md), and a test on the repeats of
+a single process would take that for a difference between configs. The
 candidate with the highest median is the winner if a one-sided Mann-Whitney U test of
 its samples against the baseline's gives p * k < alpha (Bonferroni over the k
 candidates, since the winner is picked after looking). Otherwise the baseline stays
@@ -17,10 +22,13 @@ The verdict is stored as the study user attr 'confirmation' (export reads it):
      "reason": str,
      "default": {"trial": n, "config": {knobs}, "source": "tuned" | "baseline"},
      "p_value": float | None, "p_adjusted": float | None, "alpha": float,
-     "repeats": int, "top_k": int, "n_finished": int, "measured_at": ISO time,
-     "baseline": {"trial", "config", "ok", "median", "samples", "metrics", ...},
-     "candidates": [{"trial", "config", "search_score", "ok", "median", "samples",
+     "repeats": int, "processes": int, "top_k": int, "n_finished": int, "measured_at": ISO time,
+     "baseline": {"trial", "config", "ok", "median", "samples", "process_medians", "metrics", ...},
+     "candidates": [{"trial", "config", "search_score", "ok", "median", "samples", "process_medians",
                      "p_value", "metrics" | "error_kind", "error_message"}, ...]}
+
+`samples` pools the processes' repeats in order, `process_medians` is each process's
+median score and `metrics` holds the pooled samples.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import mannwhitneyu
 
+from autotune.bench.stats import summary
 from autotune.objective import Baseline, recall_of, score_samples
 from autotune.spec import ConfirmationSpec, ObjectiveSpec
 from autotune.trials import TrialOutcome
@@ -86,24 +95,46 @@ def is_current(study: optuna.Study, settings: ConfirmationSpec) -> bool:
         and stored.get("repeats") == settings.repeats
         and stored.get("top_k") == settings.top_k
         and stored.get("alpha") == settings.alpha
+        and stored.get("processes", 1) == settings.processes
     )
 
 
-def _measured(trial: FrozenTrial, outcome: TrialOutcome, baseline: Baseline, weights: ObjectiveSpec) -> dict[str, Any]:
-    entry: dict[str, Any] = {"trial": trial.number, "config": dict(trial.params), "ok": outcome.ok,
-                             "wall_s": round(outcome.wall_s, 3)}
+def split_repeats(repeats: int, processes: int) -> list[int]:
+    """Repeats per process, as even as they go: 8 over 3 processes -> [3, 3, 2]."""
+    return [repeats // processes + (p < repeats % processes) for p in range(processes)]
+
+
+def pooled_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metrics dict from several processes': timed samples concatenated in process
+    order (so repeat r of prefill still pairs with repeat r of decode) and summarised
+    again; single values (recall, memory, drift) from the first process."""
+    pooled = dict(parts[0])
+    for name, value in parts[0].items():
+        if isinstance(value, dict) and "samples" in value:
+            pooled[name] = summary([x for part in parts for x in (part.get(name) or {}).get("samples", [])])
+    return pooled
+
+
+def _measured(trial: FrozenTrial, outcomes: list[TrialOutcome], baseline: Baseline,
+              weights: ObjectiveSpec) -> dict[str, Any]:
+    """The entry of one config from its processes' outcomes (the last may have failed)."""
+    entry: dict[str, Any] = {"trial": trial.number, "config": dict(trial.params),
+                             "ok": all(o.ok for o in outcomes), "processes": len(outcomes),
+                             "wall_s": round(sum(o.wall_s for o in outcomes), 3)}
     if trial.value is not None:
         entry["search_score"] = trial.value
-    if not outcome.ok:
-        entry.update(error_kind=outcome.error_kind, error_message=outcome.error_message,
-                     stderr_tail=outcome.stderr_tail[-2000:])
+    failed = next((o for o in outcomes if not o.ok), None)
+    if failed is not None:
+        entry.update(error_kind=failed.error_kind, error_message=failed.error_message,
+                     stderr_tail=failed.stderr_tail[-2000:])
         return entry
-    metrics = outcome.result.get("metrics") or {}
-    samples = score_samples(metrics, baseline, weights)
-    entry.update(metrics=metrics, samples=samples,
-                 median=_median(samples), recall=recall_of(metrics))
-    if not samples:
-        entry.update(ok=False, error_kind="invalid_result", error_message="the result has no timed samples")
+    parts = [o.result.get("metrics") or {} for o in outcomes]
+    per_process = [score_samples(m, baseline, weights) for m in parts]
+    samples = [x for scores in per_process for x in scores]
+    entry.update(metrics=pooled_metrics(parts), samples=samples, median=_median(samples),
+                 process_medians=[_median(scores) for scores in per_process], recall=recall_of(parts[0]))
+    if not all(per_process):
+        entry.update(ok=False, error_kind="invalid_result", error_message="a result has no timed samples")
     return entry
 
 
@@ -142,6 +173,7 @@ def confirm(
         "p_adjusted": None,
         "alpha": settings.alpha,
         "repeats": settings.repeats,
+        "processes": settings.processes,
         "top_k": settings.top_k,
         "n_finished": n_finished(trials),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -153,17 +185,21 @@ def confirm(
         _store(study, verdict)
         return verdict
 
-    log(f"confirming: baseline and {len(picked)} config(s) with {settings.repeats} repeats each")
-    outcome = measure(dict(baseline_trial.params), settings.repeats)
-    if outcome is None:
-        return None
-    base_entry = _measured(baseline_trial, outcome, baseline, weights)
+    log(f"confirming: baseline and {len(picked)} config(s) with {settings.repeats} repeats each "
+        f"in {settings.processes} process(es)")
+    measured = [baseline_trial, *picked]
+    outcomes: list[list[TrialOutcome]] = [[] for _ in measured]
+    for repeats in split_repeats(settings.repeats, settings.processes):
+        for trial, done in zip(measured, outcomes):
+            if done and not done[-1].ok:
+                continue  # a config that failed once is not measured again
+            outcome = measure(dict(trial.params), repeats)
+            if outcome is None:
+                return None
+            done.append(outcome)
+    base_entry, *cand_entries = (_measured(t, o, baseline, weights) for t, o in zip(measured, outcomes))
     verdict["baseline"] = base_entry
-    for trial in picked:
-        outcome = measure(dict(trial.params), settings.repeats)
-        if outcome is None:
-            return None
-        verdict["candidates"].append(_measured(trial, outcome, baseline, weights))
+    verdict["candidates"] = cand_entries
 
     if not base_entry["ok"]:
         verdict["reason"] = f"the baseline failed when measured again ({base_entry.get('error_kind')}); it stays the default"

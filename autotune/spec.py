@@ -82,6 +82,7 @@ class ConfirmationSpec:
     top_k: int = 3
     repeats: int = 8
     alpha: float = 0.05
+    processes: int = 2  # benchmark processes per config; the repeats are split among them
 
 
 @dataclass(frozen=True)
@@ -301,12 +302,18 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
     if trials.timeout_min_s > trials.timeout_cap_s:
         raise t.fail("timeout_min_s", f"{trials.timeout_min_s:g} is above timeout_cap_s {trials.timeout_cap_s:g}")
 
-    c = _Reader(path, "confirmation", doc.get("confirmation", {}), ("top_k", "repeats", "alpha"))
+    c = _Reader(path, "confirmation", doc.get("confirmation", {}), ("top_k", "repeats", "alpha", "processes"))
+    # Mann-Whitney on n vs n samples cannot reach p < 0.05 below n = 4.
+    repeats = c.integer("repeats", 8, minimum=4)
+    processes = c.integer("processes", 2, minimum=1)
+    if processes > repeats:
+        raise c.fail("processes", f"{processes} processes cannot share {repeats} repeats; "
+                                  f"use at most {repeats} or raise repeats")
     confirmation = ConfirmationSpec(
         top_k=c.integer("top_k", 3, minimum=0),
-        # Mann-Whitney on n vs n samples cannot reach p < 0.05 below n = 4.
-        repeats=c.integer("repeats", 8, minimum=4),
+        repeats=repeats,
         alpha=c.number("alpha", 0.05, minimum=0.0, maximum=0.5, exclusive_min=True),
+        processes=processes,
     )
     return StudySpec(model, workload, space, objective, search, trials, confirmation, storage, path)
 

@@ -44,7 +44,7 @@ def test_minimal_spec_gets_the_documented_defaults(tmp_path):
     assert (spec.objective.w_decode, spec.objective.w_prefill, spec.objective.w_recall) == (1.0, 1.0, 1.0)
     assert spec.objective.recall_floor == 0.0
     assert spec.search.strategy == "portfolio" and spec.search.n_trials == 40 and spec.search.timeout_s is None
-    assert spec.confirmation.top_k == 3 and spec.confirmation.alpha == 0.05
+    assert spec.confirmation.top_k == 3 and spec.confirmation.alpha == 0.05 and spec.confirmation.processes == 2
     assert spec.storage == DEFAULT_STORAGE == "sqlite:///studies/autotune.db"
 
 
@@ -86,6 +86,7 @@ def test_full_spec_is_read_into_typed_fields(tmp_path):
         top_k = 2
         repeats = 6
         alpha = 0.01
+        processes = 3
     """)
     assert spec.storage == "sqlite:///x.db"
     assert spec.model.backends == ("queued", "ray") and spec.model.device == "cuda:1" and spec.model.compile
@@ -94,7 +95,7 @@ def test_full_spec_is_read_into_typed_fields(tmp_path):
     assert spec.objective.w_decode == 2.0 and isinstance(spec.objective.w_decode, float)
     assert spec.search.strategy == "genetic" and spec.search.timeout_s == 3600.0 and spec.search.seed == 3
     assert spec.trials.timeout_cap_s == 100.0
-    assert spec.confirmation.repeats == 6 and spec.confirmation.alpha == 0.01
+    assert spec.confirmation.repeats == 6 and spec.confirmation.alpha == 0.01 and spec.confirmation.processes == 3
 
 
 def test_a_wall_time_budget_alone_lifts_the_trial_limit(tmp_path):
@@ -147,6 +148,8 @@ def test_identity_covers_what_changes_a_measurement_but_not_the_budget(tmp_path)
         (MINIMAL + "[trials]\ntimeout_min_s = 500\ntimeout_cap_s = 100\n", "[trials] timeout_min_s: 500 is above timeout_cap_s 100"),
         (MINIMAL + "[confirmation]\nrepeats = 3\n", "[confirmation] repeats: must be >= 4"),
         (MINIMAL + "[confirmation]\nalpha = 0\n", "[confirmation] alpha: must be > 0"),
+        (MINIMAL + "[confirmation]\nprocesses = 0\n", "[confirmation] processes: must be >= 1"),
+        (MINIMAL + "[confirmation]\nrepeats = 4\nprocesses = 5\n", "[confirmation] processes: 5 processes cannot share 4"),
         ("storage = 3\n" + MINIMAL, "storage: expected a non-empty string"),
         (MINIMAL + "[model.extra]\nx = 1\n", "unknown key [model] extra"),
         ('model = "tiny"\n[workload]\ncontexts = [1]\n', "[model] must be a table"),
