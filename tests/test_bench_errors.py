@@ -168,6 +168,20 @@ def test_process_time_limit_is_a_timeout():
     assert result["config"]["time_limit_s"] == 1.5
 
 
+def test_a_run_that_cannot_fit_its_time_limit_ends_before_it():
+    """1,000 prefills of 4096 tokens cannot fit in 20 s: the run says so after the
+    warm-up instead of spending the limit."""
+    import time
+
+    start = time.perf_counter()
+    code, result, _ = bench({**TINY, "context": 4096, "repeats": 1000, "time_limit_s": 20})
+    assert_error(code, result, "timeout")
+    assert time.perf_counter() - start < 20
+    message = result["error"]["message"]
+    assert message.startswith("the run would exceed time_limit_s=20") and "1000 timed prefill(s)" in message
+    assert result["error"]["phase"] == "warmup" and "measured_s" not in result["timings"]
+
+
 def test_autotune_bench_command(capfd):
     from autotune.cli import main
 

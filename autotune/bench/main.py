@@ -36,6 +36,7 @@ class Progress:
     """What the run has done so far; read by the watchdog to describe a timeout."""
 
     def __init__(self) -> None:
+        self.started = time.perf_counter()  # the time limit counts from here
         self.phase = "start"
         self.device = None
         self.timings: dict[str, float] = {}

@@ -11,6 +11,10 @@ Phases (each timed apart; only the repeats are timed regions):
            at the last prompt position and at the first decoded token
   recall   MQAR with the mqar-tiny checkpoint through the configured backend and knobs
 
+The time limit (time_limit_s) ends a run early as a timeout, after the warm-up and after
+each timed repeat, once the timed prefills still to come could not end within it even if
+each were 10% faster than the fastest seen; otherwise the watchdog ends it at the limit.
+
 A prefill computes logits for the last prompt position only, as an inference runtime
 does (it needs the next token, not L x vocab logits); every position still runs through
 every layer and the recurrent state. For the 125m shape at L = 2048 the other logits
@@ -29,7 +33,7 @@ import torch
 
 from autotune.bench import env
 from autotune.bench.config import BenchConfig
-from autotune.bench.errors import InvalidConfig, check_finite
+from autotune.bench.errors import BenchTimeout, InvalidConfig, check_finite
 from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_model
 from autotune.bench.stats import summary
 
@@ -41,6 +45,9 @@ REFERENCE_CHUNK = 64
 WARMUP_DECODE_STEPS = 2
 MAX_COMPILE_WARMUP_PASSES = 5
 WARM_WHEN_WITHIN = 0.10  # a compiled pass is warm when no more than 10% faster than the last
+# A timed prefill is taken to be at least this share of the fastest one before it, so a
+# run ends early only when even prefills 10% faster than any seen could not fit.
+PREFILL_FLOOR = 0.9
 
 
 def _knob_field(message: str) -> str:
@@ -91,6 +98,19 @@ class _PeakMemory:
             return self._mps_peak
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def ensure_time_for(progress, config: BenchConfig, prefills: int, fastest_s: float) -> None:
+    """End the run now, as a timeout, when `prefills` more timed prefills cannot end
+    within the time limit: the run is sure to reach it, and waiting for that costs the
+    caller the rest of the limit."""
+    elapsed = time.perf_counter() - progress.started
+    needed = prefills * PREFILL_FLOOR * fastest_s
+    if prefills and elapsed + needed > config.time_limit_s:
+        raise BenchTimeout(
+            f"the run would exceed time_limit_s={config.time_limit_s:g}: {elapsed:.1f} s spent and "
+            f"{prefills} timed prefill(s) of at least {PREFILL_FLOOR * fastest_s:.2f} s to come; "
+            "raise time_limit_s or lower context, new_tokens or repeats")
 
 
 def _state_bytes(model, scheduler, state, batch: int) -> int:
@@ -199,6 +219,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     t0 = clock.now()
     scheduler.reset_counters()
     logits, state = forward(prompt)
+    prefill_s = [clock.now() - t0]
     check_finite("prefill logits", logits)
     counters = scheduler.counters.as_dict()
     token = logits[:, -1].argmax(dim=-1)
@@ -214,6 +235,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
         # Compiled kernels and GPU libraries settle over a few passes; eager CPU does not.
         t1 = clock.now()
         _, state = forward(prompt)
+        prefill_s.append(clock.now() - t1)
         _decode(decoder, scheduler, token, state, WARMUP_DECODE_STEPS)
         this = clock.now() - t1
         passes += 1
@@ -223,6 +245,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     del state
     timings["warmup_s"] = clock.now() - t0
     timings["warmup_passes"] = passes
+    ensure_time_for(progress, config, config.repeats, min(prefill_s))
 
     # ---- timed repeats
     progress.phase = "measure"
@@ -231,10 +254,11 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     B, L, N = config.batch, config.context, config.new_tokens
     prefill_tok_s, decode_tok_s, ttft_ms = [], [], []
     t_measure = time.perf_counter()
-    for _ in range(config.repeats):
+    for done in range(config.repeats):
         t0 = clock.now()
         logits, state = forward(prompt)
         t1 = clock.now()
+        prefill_s.append(t1 - t0)
         first = logits[:, -1].argmax(dim=-1)
         first.cpu()  # the first token is available to the caller
         t2 = time.perf_counter()
@@ -249,6 +273,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
         prefill_tok_s.append(B * L / (t1 - t0))
         ttft_ms.append((t2 - t0) * 1000.0)
         decode_tok_s.append(B * N / (t4 - t3))
+        ensure_time_for(progress, config, config.repeats - done - 1, min(prefill_s))
     timings["measured_s"] = time.perf_counter() - t_measure
     check_finite("prefill logits", logits)
     check_finite("decode logits", decode_logits)
