@@ -513,8 +513,9 @@ class ContextTuner:
             _, outcome = self._measure(params, repeats)
             if outcome.interrupted:
                 return None
-            say(f"L{self.context} confirm {fmt_config(params)}: "
-                 + ("ok" if outcome.ok else f"FAIL {outcome.error_kind}: {outcome.error_message}")
+            say(f"L{self.context} confirm {fmt_config(params)} ({repeats} repeats): "
+                 + (f"ok, score {self._score_of(outcome)}" if outcome.ok
+                    else f"FAIL {outcome.error_kind}: {outcome.error_message}")
                  + f" ({outcome.wall_s:.1f} s)")
             return outcome
 
@@ -525,6 +526,13 @@ class ContextTuner:
         if verdict is None:
             self.result.notes.append("confirmation cancelled; it runs again next time")
         self.result.verdict = verdict
+
+    def _score_of(self, outcome: TrialOutcome) -> str:
+        """One process's score, as text: confirmation shows how far processes differ."""
+        try:
+            return f"{score(outcome.result.get('metrics') or {}, self.baseline, self.spec.objective):.3f}"
+        except ValueError:
+            return "n/a"
 
     def _finish(self, study: optuna.Study) -> ContextResult:
         trials = study.get_trials(deepcopy=False)

@@ -151,6 +151,8 @@ def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake
         assert conf["winner"] in [c["trial"] for c in conf["candidates"]]
     out = capsys.readouterr()
     assert "L64 trial 1/5" in out.err and "[baseline]" in out.err and "ETA" in out.err
+    # confirmation: 6 repeats in two processes of 3, each process's score shown
+    assert out.err.count("(3 repeats): ok, score ") >= 4
     assert "tuned config confirmed" in out.out
 
 
