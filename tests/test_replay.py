@@ -377,6 +377,14 @@ def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(
     assert len(bench_calls(tmp_path)) == 9
 
 
+def test_the_cuda_training_surfaces_have_the_h100_sweeps_space():
+    from autotune.replay.tuning import training_surfaces
+
+    recorded = load_surface(STUDIES / "surfaces" / "cuda-350m-queued-L2048.json")
+    surfaces = training_surfaces("cuda")
+    assert len(surfaces) == 4 and all(s.configs == recorded.configs for s in surfaces)
+
+
 def test_synthetic_surfaces_are_fixed_by_their_seed():
     a, b = load_surface("synthetic:kernel:7"), load_surface("synthetic:kernel:7")
     assert np.array_equal(a.true_values, b.true_values, equal_nan=True) and a.direction == "minimize"

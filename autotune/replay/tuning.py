@@ -14,7 +14,9 @@ portfolio's own knobs with the tuned members. `--variants` instead scores named
 Training surfaces (reports use others: recorded sweeps, Kernel Tuner caches, held-out
 generator seeds): "train", seeds 0-3 of both generators in autotune.replay.synthetic
 (440 and 2240 configs); "small", the xlstm model at seeds 0-3 over the 18-config space
-of the CPU sweeps (4 heads, 2 repeats), for what a budget of about ten evaluations asks.
+of the CPU sweeps (4 heads, 2 repeats), for what a budget of about ten evaluations asks;
+"cuda", the xlstm model at seeds 0-3 over the 100-config space of studies/cuda.toml
+(8 heads, 2048 tokens, 1 repeat, as the H100 sweeps).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ TRAIN_SEEDS = (0, 1, 2, 3)
 HELD_OUT_SEEDS = (100, 101, 102, 103)
 # the value lists of studies/surfaces/cpu-tiny.toml: 18 valid configs with 4 heads
 SMALL_VALUES = {"workers": [1, 2, 4], "heads_per_band": [1, 2, 4], "chunk_size": [16, 64], "T_inner": [16, 64]}
+# the value lists of studies/cuda.toml (8 heads, 2048 tokens): 100 valid configs
+CUDA_VALUES = {"workers": [1, 2, 4, 8], "heads_per_band": [1, 2, 4, 8], "chunk_size": [64, 256, 1024, 2048, 4096],
+               "T_inner": [64, 256, 1024, 2048, 4096]}
 
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "genetic": {"population": [4, 6, 8, 12, 16], "tournament": [2, 3, 4], "cxpb": [0.3, 0.5, 0.7, 0.9],
@@ -58,6 +63,8 @@ def training_surfaces(kind: str = "train") -> list[Surface]:
 
     if kind == "small":
         return [xlstm_surface(s, num_heads=4, repeats=2, values=SMALL_VALUES) for s in TRAIN_SEEDS]
+    if kind == "cuda":
+        return [xlstm_surface(s, num_heads=8, context=2048, repeats=1, values=CUDA_VALUES) for s in TRAIN_SEEDS]
     return [xlstm_surface(s) for s in TRAIN_SEEDS] + [kernel_surface(s) for s in TRAIN_SEEDS]
 
 
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="{}", help="starting options (JSON), e.g. a previous result")
     parser.add_argument("--out", default=None,
                         help="write the search and its trail as JSON here (default: print the result only)")
-    parser.add_argument("--surfaces", choices=("train", "small"), default="train", help="training set (default train)")
+    parser.add_argument("--surfaces", choices=("train", "small", "cuda"), default="train",
+                        help="training set (default train)")
     parser.add_argument("--variants", default=None,
                         help='score named variants instead of searching: JSON {"name": [strategy, options]}')
     args = parser.parse_args(argv)
