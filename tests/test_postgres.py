@@ -32,7 +32,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tiny_study import tiny_spec_text
+from tiny_study import tiny_spec_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_BENCH = ROOT / "tests" / "fake_bench.py"
@@ -345,16 +345,6 @@ def _autotune(spec: Path, storage: str, n_trials: int) -> subprocess.Popen:
     )
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_two_tuners_with_a_kill_9_mid_trial_and_a_restart(tmp_path, pg_url):
     """Two `autotune tune` processes on cpu-quick (one context); worker A is killed with
     SIGKILL while it measures a trial after the baseline, then started again. Worker B's
@@ -379,7 +369,7 @@ def test_two_tuners_with_a_kill_9_mid_trial_and_a_restart(tmp_path, pg_url):
                     and t.user_attrs.get("worker", {}).get("pid") == a.pid]
             return mine[0] if mine else None
 
-        victim = _wait_for(a_running_after_the_baseline, 150, "worker A to run a trial after the baseline")
+        victim = wait_for(a_running_after_the_baseline, 150, "worker A to run a trial after the baseline")
         a.send_signal(signal.SIGKILL)
         a.communicate()
         # Its benchmark is in its own session and never touches the store; stop it too, as

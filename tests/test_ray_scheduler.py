@@ -19,23 +19,12 @@ import torch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from kernels import XLSTM, get_config, mlstm_sequence
+from cell_parity import LOOSE, TIGHT, reference, step_slice
+from kernels import XLSTM, get_config
 from schedulers import Knobs, SchedulerError, make_plan, make_scheduler
 from schedulers.ray_actors import RayState
 from schedulers.testing import (FailOnMarker, Rendezvous, StallOnMarker, descendant_pids, plant_marker,
                                 process_alive, random_cell_inputs, wait_until_gone)
-
-LOOSE = dict(rtol=2e-4, atol=2e-4)
-TIGHT = dict(rtol=1e-6, atol=1e-6)
-
-
-def reference(x, state=None):
-    h, st = mlstm_sequence(*(t.double() for t in x), None if state is None else tuple(s.double() for s in state))
-    return h.float(), tuple(s.float() for s in st)
-
-
-def step_slice(x, t0, t1):
-    return tuple(t[:, :, t0:t1] for t in x)
 
 
 def cmdline(pid):

@@ -8,26 +8,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cell_parity import LOOSE, TIGHT, reference, step_slice
 from kernels import XLSTM, get_config, mlstm_sequence
 from schedulers import Counters, Knobs, PlanError, SchedulerError, make_plan, make_scheduler
 from schedulers.queued import THREAD_PREFIX
 from schedulers.testing import Rendezvous, random_cell_inputs
-
-# fp32 against the fp64 recurrence (different summation orders: chunkwise vs recurrent)
-LOOSE = dict(rtol=2e-4, atol=2e-4)
-# two backends running the same kernels on the same slices
-TIGHT = dict(rtol=1e-6, atol=1e-6)
-
-
-def reference(x, state=None):
-    """The fp64 step-by-step recurrence, as fp32."""
-    h, st = mlstm_sequence(*(t.double() for t in x), None if state is None else tuple(s.double() for s in state))
-    return h.float(), tuple(s.float() for s in st)
-
-
-def step_slice(x, t0, t1):
-    q, k, v, i, f = x
-    return q[:, :, t0:t1], k[:, :, t0:t1], v[:, :, t0:t1], i[:, :, t0:t1], f[:, :, t0:t1]
 
 
 def queued_threads():

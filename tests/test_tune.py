@@ -8,7 +8,6 @@ command with the real benchmark, including a real SIGKILL in the middle of a tri
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from autotune.objective import Baseline, recall_violation, score, score_samples
 from autotune.spec import ObjectiveSpec, load_spec
 from autotune.store import StoreError, WriterLock, parse_storage_url, study_name
 from autotune.tune import ContextTuner, TuneOptions, tune
-from tiny_study import tiny_spec_text
+from tiny_study import tiny_spec_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -411,16 +410,6 @@ def _start_tuner(tmp_path, fake_bench, n_trials: int, env_extra: dict[str, str])
     )
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _running_trial(tmp_path, name: str, min_number: int):
     def find():
         try:
@@ -436,7 +425,7 @@ def _running_trial(tmp_path, name: str, min_number: int):
 def test_ctrl_c_stops_after_the_running_trial(tmp_path, fake_bench):
     _spec(tmp_path, top_k=0)
     proc = _start_tuner(tmp_path, fake_bench, 6, {"FAKE_BENCH_SLEEP": "1.5"})
-    trial = _wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 1), 60, "trial 1 to run")
+    trial = wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 1), 60, "trial 1 to run")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -451,7 +440,7 @@ def test_ctrl_c_stops_after_the_running_trial(tmp_path, fake_bench):
 def test_second_ctrl_c_kills_the_trial_and_queues_it_again(tmp_path, fake_bench):
     _spec(tmp_path, top_k=0)
     proc = _start_tuner(tmp_path, fake_bench, 6, {"FAKE_BENCH_SLEEP": "60"})
-    trial = _wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 0), 60, "the baseline to run")
+    trial = wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 0), 60, "the baseline to run")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -522,14 +511,14 @@ def test_cpu_quick_end_to_end_with_a_kill_9_mid_trial_and_resume(tmp_path):
     start = time.monotonic()
     proc = _autotune(*args)
     try:
-        done_before, victim = _wait_for(running_after_a_complete_trial, 150, "a trial running after the baseline")
+        done_before, victim = wait_for(running_after_a_complete_trial, 150, "a trial running after the baseline")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
     # The orphaned benchmark, in its own session, notices that its tuner is gone and
     # stops with everything it started, instead of running on to its time limit.
     orphan = victim.user_attrs["bench_pid"]
-    _wait_for(lambda: not _process_alive(orphan), 10, f"the orphaned benchmark (pid {orphan}) to stop")
+    wait_for(lambda: not _process_alive(orphan), 10, f"the orphaned benchmark (pid {orphan}) to stop")
     before = {t.number: (t.params, t.value) for t in done_before}
     assert optuna.load_study(study_name=first, storage=storage).get_trials()[victim.number].state == TrialState.RUNNING
 
