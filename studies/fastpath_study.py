@@ -51,9 +51,25 @@ def log(*a):
 # ----------------------------------------------------------------------------- sections
 
 
-def section_checks(res):
-    from kernels import XLSTM, get_config, mlstm_sequence
+def _chunkwise_fp32_check(dev, g):
+    """Random float64 inputs of 700 steps (two heads) and the fp32 sub-chunked form's
+    error against the float64 reference loop on them."""
+    from kernels import mlstm_sequence
     from kernels.chunkwise import mlstm_chunkwise
+
+    B, NH, S, DK, DV = 1, 2, 700, 64, 128
+    x = [torch.randn(B, NH, S, DK, device=dev, generator=g, dtype=torch.float64) for _ in range(2)]
+    x.append(torch.randn(B, NH, S, DV, device=dev, generator=g, dtype=torch.float64))
+    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 3)
+    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 2 + 3)
+    h_ref, s_ref = mlstm_sequence(*x)
+    h, s = mlstm_chunkwise(*(t.float() for t in x))
+    return x, {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
+               "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
+
+
+def section_checks(res):
+    from kernels import XLSTM, get_config
     from kernels.fused_ops import TorchOps
     from kernels.triton_ops import TritonOps
     from schedulers import Knobs, make_scheduler
@@ -100,15 +116,7 @@ def section_checks(res):
         d["mlstm_step_into"]["finite"] = bool(all(torch.isfinite(t).all() for t in res_ops[1]))
         out[str(dt)] = d
     # sub-chunked form on the GPU: fp32 against a float64 reference loop
-    B, NH, S, DK, DV = 1, 2, 700, 64, 128
-    x = [torch.randn(B, NH, S, DK, device=dev, generator=g, dtype=torch.float64) for _ in range(2)]
-    x.append(torch.randn(B, NH, S, DV, device=dev, generator=g, dtype=torch.float64))
-    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 3)
-    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 2 + 3)
-    h_ref, s_ref = mlstm_sequence(*x)
-    h, s = mlstm_chunkwise(*(t.float() for t in x))
-    out["chunkwise_fp32_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
-                                    "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
+    x, out["chunkwise_fp32_vs_f64"] = _chunkwise_fp32_check(dev, g)
     # graph decode vs the model on a small shape, several knob settings
     cfg = get_config("350m")
     model = XLSTM(cfg, device=dev, dtype=torch.bfloat16, seed=1)
@@ -241,15 +249,7 @@ def section_light(res):
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(5)
     out = {"gemv_composites": _gemv_composite_checks(dev, g)}
-    B, NH, S, DK, DV = 1, 2, 700, 64, 128
-    x = [torch.randn(B, NH, S, DK, device=dev, generator=g, dtype=torch.float64) for _ in range(2)]
-    x.append(torch.randn(B, NH, S, DV, device=dev, generator=g, dtype=torch.float64))
-    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 3)
-    x.append(torch.randn(B, NH, S, device=dev, generator=g, dtype=torch.float64) * 2 + 3)
-    h_ref, s_ref = mlstm_sequence(*x)
-    h, s = mlstm_chunkwise(*(t.float() for t in x))
-    out["chunkwise_fp32_vs_f64"] = {"h": rel(h, h_ref), "C": rel(s[0], s_ref[0]), "n": rel(s[1], s_ref[1]),
-                                    "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
+    x, out["chunkwise_fp32_vs_f64"] = _chunkwise_fp32_check(dev, g)
     xb = [t.to(torch.bfloat16) for t in x[:3]] + [t.float() for t in x[3:]]
     h_ref, s_ref = mlstm_sequence(*(t.double() for t in xb))
     for mode in ("fp32", "split", "triton"):

@@ -17,7 +17,7 @@ def test_defaults_resolve_for_the_shape():
 def test_given_values_are_kept_and_null_means_default():
     cfg = BenchConfig.from_dict({
         "shape": "tiny", "dtype": "bfloat16", "device": "cuda:1", "backend": "queued", "workers": 2,
-        "heads_per_band": 2, "chunk_size": 32, "T_inner": 8, "context": 100, "new_tokens": 3,
+        "heads_per_band": 2, "chunk_size": 32, "context": 100, "new_tokens": 3,
         "batch": 2, "repeats": 5, "seed": 9, "time_limit_s": 12, "compile": True, "T_inner": None,
     })  # fmt: skip
     assert cfg.T_inner == 32 and cfg.chunk_size == 32 and cfg.workers == 2 and cfg.device == "cuda:1"
