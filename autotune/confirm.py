@@ -23,12 +23,13 @@ The verdict is stored as the study user attr 'confirmation' (export reads it):
      "default": {"trial": n, "config": {knobs}, "source": "tuned" | "baseline"},
      "p_value": float | None, "p_adjusted": float | None, "alpha": float,
      "repeats": int, "processes": int, "top_k": int, "n_finished": int, "measured_at": ISO time,
-     "baseline": {"trial", "config", "ok", "median", "samples", "process_medians", "metrics", ...},
-     "candidates": [{"trial", "config", "search_score", "ok", "median", "samples", "process_medians",
+     "baseline": {"trial", "config", "ok", "processes", "median", "samples", "process_medians", "metrics", ...},
+     "candidates": [{"trial", "config", "search_score", "ok", "processes", "median", "samples", "process_medians",
                      "p_value", "metrics" | "error_kind", "error_message"}, ...]}
 
 `samples` pools the processes' repeats in order, `process_medians` is each process's
-median score and `metrics` holds the pooled samples.
+median score and `metrics` holds the pooled samples; an entry's `processes` counts the
+processes that ran (fewer than the verdict's when the config failed in one).
 """
 
 from __future__ import annotations
