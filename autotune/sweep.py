@@ -9,7 +9,8 @@ scores a trial: against the baseline (the built-in default config, measured like
 every other config) with the spec's objective weights.
 
 Runs are journalled to `<out>.runs.jsonl` as they finish; the same command again
-resumes after the last finished run. The journal is removed once the surface is written.
+resumes after the last finished run, on the same machine only (the journal names it).
+The journal is removed once the surface is written.
 `--stop-after` ends a part of a long sweep cleanly: no run starts that its time limit
 could carry past the deadline, so a part fits a fixed window without losing a run.
 """
@@ -121,10 +122,11 @@ def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------------------- journal
 def journal_header(spec, context: int, backends: Sequence[str], repeats: int, seed: int, device: str,
-                   space) -> dict[str, Any]:
-    """A journal's first line (as JSON reads it back: tuples become lists)."""
+                   space, *, machine: dict[str, str]) -> dict[str, Any]:
+    """A journal's first line (as JSON reads it back: tuples become lists). `machine` is
+    the store's fingerprint (device name, torch, project version): one surface, one machine."""
     header = {"spec": spec.to_dict(), "context": context, "backends": list(backends), "repeats": repeats,
-              "seed": seed, "device": device, "configs": [space.key(c) for c in space.configs]}
+              "seed": seed, "device": device, "machine": machine, "configs": [space.key(c) for c in space.configs]}
     return json.loads(json.dumps(header))
 
 
@@ -160,6 +162,12 @@ class Journal:
             except (IndexError, json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"{path} is not a sweep journal (no header line); remove it or choose another --out") from None
             differ = header_differences(stored, header)
+            if "machine" in differ:
+                from autotune.store import describe_fingerprint
+
+                raise UserError(f"{path} holds runs measured on {describe_fingerprint(stored.get('machine') or {})}; "
+                                f"this machine is {describe_fingerprint(header['machine'])}. One surface mixes no "
+                                "machines: continue it there, or start another with --out")
             if differ:
                 raise UserError(f"{path} is the journal of a different sweep (it differs in {', '.join(differ)}); "
                                 "remove it or choose another --out")
@@ -188,6 +196,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
+    from autotune.store import machine_fingerprint
     from autotune.trials import bench_request, run_benchmark
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -200,7 +209,8 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     space, baseline = sweep_space(spec, context, backends, num_heads)
     out = out or SURFACES_DIR / f"{device.type}-{spec.model.shape}-{'+'.join(backends)}-L{context}.json"
     journal = Journal(out.with_name(out.name + ".runs.jsonl"),
-                      journal_header(spec, context, backends, repeats, seed, device_str, space))
+                      journal_header(spec, context, backends, repeats, seed, device_str, space,
+                                     machine=machine_fingerprint(device)))
     order = run_order(len(space), repeats, seed)
     position = {pair: k for k, pair in enumerate(order)}
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]

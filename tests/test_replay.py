@@ -160,7 +160,7 @@ def test_a_shipped_sweep_journal_still_resumes(path):
             continue
         space, _ = sweep_space(spec, stored["context"], stored["backends"], get_config(spec.model.shape).num_heads)
         header = journal_header(spec, stored["context"], stored["backends"], stored["repeats"], stored["seed"],
-                                stored["device"], space)
+                                stored["device"], space, machine=stored["machine"])
         if not header_differences(stored, header):
             matches.append(toml.name)
     assert matches, f"no spec under studies/ yields the header of {path.name}"
@@ -284,6 +284,14 @@ def fake_sweep(tmp_path):
     return quick_spec(tmp_path), tmp_path / "surf.json", (sys.executable, str(fake))
 
 
+def this_machine() -> dict[str, str]:
+    import torch
+
+    from autotune.store import machine_fingerprint
+
+    return machine_fingerprint(torch.device("cpu"))
+
+
 def bench_calls(tmp_path) -> list[str]:
     return (tmp_path / "fake_bench.calls").read_text().splitlines()
 
@@ -323,7 +331,8 @@ def test_sweep_resumes_from_its_journal(tmp_path):
 
     space, _ = sweep_space(spec, 32, ("queued",), 4)
     out2 = tmp_path / "surf2.json"
-    journal = Journal(out2.with_name(out2.name + ".runs.jsonl"), journal_header(spec, 32, ("queued",), 1, 0, "cpu", space))
+    header = journal_header(spec, 32, ("queued",), 1, 0, "cpu", space, machine=this_machine())
+    journal = Journal(out2.with_name(out2.name + ".runs.jsonl"), header)
     ok = {"status": "ok", "metrics": {"prefill_tok_s": 100.0, "decode_tok_s": 50.0, "recall": 1.0}}
     for k, (i, r) in enumerate(run_order(9, 1, 0)[:4]):
         journal.add({"index": i, "repeat": r, "order": k, "result": ok, "wall_s": 0.1, "stderr_tail": ""})
@@ -343,7 +352,7 @@ def test_a_sweep_resumes_after_search_settings_change_but_not_after_its_limits_d
     spec = quick_spec(tmp_path)
     space, _ = sweep_space(spec, 32, ("queued",), 4)
     path = tmp_path / "surf.json.runs.jsonl"
-    header = lambda s: journal_header(s, 32, ("queued",), 1, 0, "cpu", space)  # noqa: E731
+    header = lambda s: journal_header(s, 32, ("queued",), 1, 0, "cpu", space, machine=this_machine())  # noqa: E731
     Journal(path, header(spec)).add({"index": 0, "repeat": 0, "order": 0, "result": {"status": "ok"},
                                      "wall_s": 0.1, "stderr_tail": ""})
     rebudgeted = dataclasses.replace(spec, search=SearchSpec(n_trials=7), storage="sqlite:///elsewhere.db")
@@ -352,10 +361,24 @@ def test_a_sweep_resumes_after_search_settings_change_but_not_after_its_limits_d
     with pytest.raises(UserError, match=r"differs in \[trials\]"):
         Journal(path, header(tighter))
     with pytest.raises(UserError, match="differs in repeats"):
-        Journal(path, journal_header(spec, 32, ("queued",), 2, 0, "cpu", space))
+        Journal(path, journal_header(spec, 32, ("queued",), 2, 0, "cpu", space, machine=this_machine()))
     path.write_text("not json\n")
     with pytest.raises(UserError, match="not a sweep journal"):
         Journal(path, header(spec))
+
+
+def test_a_sweep_journal_of_another_machine_is_refused_before_any_run(tmp_path):
+    from autotune.cli import UserError
+    from autotune.sweep import Journal, journal_header, sweep, sweep_space
+
+    spec, out, cmd = fake_sweep(tmp_path)
+    space, _ = sweep_space(spec, 32, ("queued",), 4)
+    elsewhere = {**this_machine(), "device_name": "NVIDIA H100 80GB HBM3"}
+    Journal(out.with_name(out.name + ".runs.jsonl"),
+            journal_header(spec, 32, ("queued",), 1, 0, "cpu", space, machine=elsewhere))
+    with pytest.raises(UserError, match="measured on device_name NVIDIA H100 80GB HBM3.*start another with --out"):
+        sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
+    assert not (tmp_path / "fake_bench.calls").exists()
 
 
 def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):
