@@ -142,13 +142,59 @@ PRO_NONE, PRO_RMS, PRO_SILU, PRO_HEAD_NORM = 0, 1, 2, 3
 
 
 @triton.jit
+def _input_stage(x_ptr, w_ptr, p1_ptr, p2_ptr, cols, cmask, K, r, eps,
+                 PROLOGUE: tl.constexpr, DH: tl.constexpr, BLOCK_K: tl.constexpr, WHOLE_ROW: tl.constexpr):
+    """The product's input at `cols`, after its fused stage, rounded to the weight dtype
+    wherever the unfused model rounds. `r` is the RMSNorm scale (PROLOGUE 1), computed
+    here from the same read when `cols` covers the whole row."""
+    wdt = w_ptr.dtype.element_ty
+    if PROLOGUE == 2:  # x = [gate | up] of width 2K: silu(gate) * up
+        g = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + K + cols, mask=cmask, other=0.0).to(tl.float32)
+        act = (g / (1.0 + tl.exp(-g))).to(wdt).to(tl.float32)
+        xv = (act * u).to(wdt).to(tl.float32)
+    else:
+        xv = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        if PROLOGUE == 1:
+            if WHOLE_ROW:
+                r = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
+            nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
+        if PROLOGUE == 3:  # `cols` is whole heads (BLOCK_K a multiple of DH): their layer norms
+            hv = tl.reshape(xv, (BLOCK_K // DH, DH))
+            mean = tl.sum(hv, axis=1) / DH
+            xc = hv - mean[:, None]
+            var = tl.sum(xc * xc, axis=1) / DH
+            normed = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+            normed = tl.reshape(normed, (BLOCK_K,)).to(wdt).to(tl.float32)
+            nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            normed = (normed * nw).to(wdt).to(tl.float32)
+            o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+            gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
+            xv = (gate * normed).to(wdt).to(tl.float32)
+    return xv
+
+
+@triton.jit
+def _epilogue(y, rows, rmask, bias_ptr, res_ptr, w_ptr, cap,
+              HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, SOFT_CAP: tl.constexpr):
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        y += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
+    if SOFT_CAP:  # logits: rounded like the model's bf16 head output, then capped in fp32
+        y = y.to(w_ptr.dtype.element_ty).to(tl.float32)
+        y = cap * _tanh(y / cap)
+    return y
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K, stride_w, eps, cap,
                  PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                  SOFT_CAP: tl.constexpr, DH: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    wdt = w_ptr.dtype.element_ty
     r = 1.0
     if PROLOGUE == 1:  # RMSNorm: the scale over the whole input first
         sq = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -161,39 +207,11 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, N, K,
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
-        if PROLOGUE == 2:  # x = [gate | up] of width 2K: silu(gate) * up
-            g = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            u = tl.load(x_ptr + K + cols, mask=cmask, other=0.0).to(tl.float32)
-            act = (g / (1.0 + tl.exp(-g))).to(wdt).to(tl.float32)
-            xv = (act * u).to(wdt).to(tl.float32)
-        else:
-            xv = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            if PROLOGUE == 1:
-                nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
-            if PROLOGUE == 3:  # a chunk is whole heads (BLOCK_K a multiple of DH): their layer norms
-                hv = tl.reshape(xv, (BLOCK_K // DH, DH))
-                mean = tl.sum(hv, axis=1) / DH
-                xc = hv - mean[:, None]
-                var = tl.sum(xc * xc, axis=1) / DH
-                normed = xc * (1.0 / tl.sqrt(var + eps))[:, None]
-                normed = tl.reshape(normed, (BLOCK_K,)).to(wdt).to(tl.float32)
-                nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                normed = (normed * nw).to(wdt).to(tl.float32)
-                o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-                gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
-                xv = (gate * normed).to(wdt).to(tl.float32)
+        xv = _input_stage(x_ptr, w_ptr, p1_ptr, p2_ptr, cols, cmask, K, r, eps, PROLOGUE, DH, BLOCK_K, False)
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                     other=0.0)
         acc += w.to(tl.float32) * xv[None, :]
-    y = tl.sum(acc, axis=1)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-    if HAS_RES:
-        y += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-    if SOFT_CAP:  # logits: rounded like the model's bf16 head output, then capped in fp32
-        y = y.to(wdt).to(tl.float32)
-        y = cap * _tanh(y / cap)
+    y = _epilogue(tl.sum(acc, axis=1), rows, rmask, bias_ptr, res_ptr, w_ptr, cap, HAS_BIAS, HAS_RES, SOFT_CAP)
     tl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
@@ -207,46 +225,17 @@ def _gemv_rows_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, 
     # over a grid-stride loop, with STAGES row blocks in flight.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    wdt = w_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_K)
     cmask = cols < K
-    if PROLOGUE == 2:
-        g = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + K + cols, mask=cmask, other=0.0).to(tl.float32)
-        act = (g / (1.0 + tl.exp(-g))).to(wdt).to(tl.float32)
-        xv = (act * u).to(wdt).to(tl.float32)
-    else:
-        xv = tl.load(x_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        if PROLOGUE == 1:
-            r = 1.0 / tl.sqrt(tl.sum(xv * xv, axis=0) / K + eps)
-            nw = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            xv = ((xv * r).to(wdt).to(tl.float32) * nw).to(wdt).to(tl.float32)
-        if PROLOGUE == 3:  # BLOCK_K == K: all heads at once
-            hv = tl.reshape(xv, (BLOCK_K // DH, DH))
-            mean = tl.sum(hv, axis=1) / DH
-            xc = hv - mean[:, None]
-            var = tl.sum(xc * xc, axis=1) / DH
-            normed = xc * (1.0 / tl.sqrt(var + eps))[:, None]
-            normed = tl.reshape(normed, (BLOCK_K,)).to(wdt).to(tl.float32)
-            nw = tl.load(p2_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            normed = (normed * nw).to(wdt).to(tl.float32)
-            o = tl.load(p1_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-            gate = (1.0 / (1.0 + tl.exp(-o))).to(wdt).to(tl.float32)
-            xv = (gate * normed).to(wdt).to(tl.float32)
+    xv = _input_stage(x_ptr, w_ptr, p1_ptr, p2_ptr, cols, cmask, K, 1.0, eps, PROLOGUE, DH, BLOCK_K, True)
     blocks = tl.cdiv(N, BLOCK_N)
     for rb in tl.range(pid, blocks, nprog, num_stages=STAGES):
         rows = rb * BLOCK_N + tl.arange(0, BLOCK_N)
         rmask = rows < N
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                     other=0.0)
-        acc = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        if HAS_RES:
-            acc += tl.load(res_ptr + rows, mask=rmask, other=0.0).to(tl.float32)
-        if SOFT_CAP:
-            acc = acc.to(wdt).to(tl.float32)
-            acc = cap * _tanh(acc / cap)
+        acc = _epilogue(tl.sum(w.to(tl.float32) * xv[None, :], axis=1), rows, rmask, bias_ptr, res_ptr, w_ptr,
+                        cap, HAS_BIAS, HAS_RES, SOFT_CAP)
         tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rmask)
 
 

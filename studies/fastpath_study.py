@@ -366,6 +366,8 @@ def section_gemv(res):
                                 "down": (4096, 10944), "lm_head": (50304, 4096)}.items():
         ws = [torch.randn(n_out, n_in, device=dev, dtype=torch.bfloat16) for _ in range(4)]
         x = torch.randn(1, n_in, device=dev, dtype=torch.bfloat16)
+        torch.nn.functional.linear(x, ws[0])  # cuBLAS makes its handle on first use, never inside a capture
+        sync()
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             for _ in range(20):
