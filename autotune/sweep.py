@@ -2,7 +2,8 @@
 
 Each config runs `--repeats` times, each time in its own benchmark child (the same
 `autotune.trials.run_benchmark` the tuner uses), in one shuffled order over all
-(config, repeat) pairs so that drift of the machine spreads evenly over the configs.
+(config, repeat) pairs so that drift of the machine spreads evenly over the configs;
+the baseline's first run leads, since every score is relative to it.
 Every run's raw result is kept. The surface file (format in the README, section
 `replay`) gets, per config, one score sample per run, scored exactly as the tuner
 scores a trial: against the baseline (the built-in default config, measured like
@@ -113,10 +114,15 @@ def sweep_space(spec, context: int, backends: Sequence[str], num_heads: int):
         raise UserError(f"{spec.path}: [space] gives no valid config at context {context}: {exc}") from None
 
 
-def run_order(n_configs: int, repeats: int, seed: int) -> list[tuple[int, int]]:
-    """All (config index, repeat) pairs in one shuffled order."""
+def run_order(n_configs: int, repeats: int, seed: int, first: int | None = None) -> list[tuple[int, int]]:
+    """All (config index, repeat) pairs in one shuffled order; config `first`'s first run
+    leads (the baseline: every score is relative to it, so a sweep in progress can be
+    scored and a baseline that cannot run shows at once)."""
     pairs = [(i, r) for r in range(repeats) for i in range(n_configs)]
     random.Random(seed).shuffle(pairs)
+    if first is not None:
+        pairs.remove((first, 0))
+        pairs.insert(0, (first, 0))
     return pairs
 
 
@@ -149,6 +155,23 @@ def header_differences(stored: dict[str, Any], header: dict[str, Any]) -> list[s
     return differ
 
 
+def read_journal(path: Path) -> tuple[dict[str, Any], dict[tuple[int, int], dict[str, Any]]]:
+    """A journal's header and its finished runs by (config index, repeat)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])["header"]
+    except (IndexError, json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path} is not a sweep journal (no header line); remove it or choose another --out") from None
+    runs = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut off by a kill: that run is measured again
+        runs[(row["index"], row["repeat"])] = row
+    return header, runs
+
+
 class Journal:
     """Finished runs, one JSON line each, after a header that must match to resume."""
 
@@ -156,11 +179,7 @@ class Journal:
         self.path = path
         self.runs: dict[tuple[int, int], dict[str, Any]] = {}
         if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            try:
-                stored = json.loads(lines[0])["header"]
-            except (IndexError, json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path} is not a sweep journal (no header line); remove it or choose another --out") from None
+            stored, runs = read_journal(path)
             differ = header_differences(stored, header)
             if "machine" in differ:
                 from autotune.store import describe_fingerprint
@@ -171,12 +190,7 @@ class Journal:
             if differ:
                 raise UserError(f"{path} is the journal of a different sweep (it differs in {', '.join(differ)}); "
                                 "remove it or choose another --out")
-            for line in lines[1:]:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut off by a kill: that run is measured again
-                self.runs[(row["index"], row["repeat"])] = row
+            self.runs = runs
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"header": header}) + "\n", encoding="utf-8")
@@ -211,11 +225,13 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     journal = Journal(out.with_name(out.name + ".runs.jsonl"),
                       journal_header(spec, context, backends, repeats, seed, device_str, space,
                                      machine=machine_fingerprint(device)))
-    order = run_order(len(space), repeats, seed)
+    base_index = space.index(baseline)
+    order = run_order(len(space), repeats, seed, first=base_index)
     position = {pair: k for k, pair in enumerate(order)}
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]
     log(f"sweep {out.name}: {len(space)} configs x {repeats} runs = {len(order)} runs"
         + (f" ({len(order) - len(todo)} already done, resuming)" if len(todo) < len(order) else ""))
+    _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
     limits = spec.trials
     started = time.monotonic()
     for n, (index, repeat) in enumerate(todo, start=1):
@@ -241,6 +257,8 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
         status = "ok" if outcome.ok else f"FAILED ({outcome.error_kind})"
         log(f"  [{len(order) - len(todo) + n}/{len(order)}] {' '.join(f'{k}={v}' for k, v in knobs.items())} r{repeat}: "
             f"{status} in {outcome.wall_s:.1f} s; ETA {eta / 60:.1f} min")
+        if index == base_index:
+            _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
     doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
                         repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -249,16 +267,30 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     return out
 
 
+def _refuse_a_failed_baseline(journal: Journal, base_index: int, repeats: int, baseline: dict[str, Any]) -> None:
+    """Every score is relative to the baseline: once all its runs failed, the rest of the
+    sweep could never be scored."""
+    results = [row["result"] for (i, _), row in journal.runs.items() if i == base_index]
+    if len(results) == repeats and all(r.get("status") != "ok" for r in results):
+        kinds = ", ".join(sorted({(r.get("error") or {}).get("kind", "crash") for r in results}))
+        raise UserError(f"every run of the baseline config {baseline} failed ({kinds}), and every score is "
+                        f"relative to it; check it with `autotune bench`, then remove {journal.path} and sweep again")
+
+
 def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[int, int], dict[str, Any]], *,
                   context: int, backends: Sequence[str], repeats: int, seed: int, device_kind: str, device: str,
-                  name: str) -> dict[str, Any]:
-    """The surface document from the finished runs: one score sample per ok, feasible run."""
+                  name: str, partial: bool = False) -> dict[str, Any]:
+    """The surface document from the finished runs: one score sample per ok, feasible run.
+    `partial`: a sweep still in progress; its configs without a finished run are left out."""
     from autotune.objective import Baseline, median, recall_violation, score
     from autotune.replay.surface import surface_document
 
     base_index = space.index(baseline_cfg)
     base_runs = [row["result"] for (i, _), row in runs.items() if i == base_index and row["result"].get("status") == "ok"]
     if not base_runs:
+        if partial and not any(i == base_index for i, _ in runs):
+            raise UserError(f"the baseline config {baseline_cfg} has no finished run yet, so nothing can be "
+                            "scored; continue the sweep until it has one")
         raise UserError("every run of the baseline config failed, so no score can be computed; "
                         "check the benchmark with `autotune bench` on the baseline config")
     medians = {key: statistics.median(m for m in (median(r["metrics"].get(key)) for r in base_runs) if m is not None)
@@ -268,6 +300,8 @@ def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[in
     env = None
     for index, cfg in enumerate(space.configs):
         rows = sorted((row for (i, _), row in runs.items() if i == index), key=lambda row: row["order"])
+        if partial and not rows:
+            continue
         samples, errors = [], []
         for row in rows:
             result = row["result"]
@@ -306,4 +340,31 @@ def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[in
         repeats=repeats,
         order_seed=seed,
         spec=spec.to_dict(),
+        **({"partial": {"configs_measured": len(entries), "configs": len(space), "runs_finished": len(runs),
+                        "runs_planned": len(space) * repeats}} if partial else {}),
     )
+
+
+def surface_from_journal(path: Path) -> dict[str, Any]:
+    """The surface document of a sweep in progress, from its journal alone (no device, no
+    spec file): its finished runs scored as the finished sweep scores them, the configs
+    not yet measured left out, and a `partial` block that says how much is there."""
+    import torch
+
+    from autotune.spec import SpecError, parse_spec
+    from kernels import get_config
+
+    header, runs = read_journal(path)
+    try:  # the header holds spec.to_dict(): None marks a setting the spec left unset
+        spec = parse_spec({section: {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+                           for section, body in header["spec"].items() if body is not None}, str(path))
+    except (SpecError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: the journal's header holds no usable spec ({exc})") from None
+    space, baseline = sweep_space(spec, header["context"], header["backends"], get_config(spec.model.shape).num_heads)
+    if json.loads(json.dumps([space.key(c) for c in space.configs])) != header["configs"]:
+        raise UserError(f"{path}: this version enumerates the spec's configs differently from the sweep that "
+                        "wrote the journal, so its run indices cannot be read")
+    name = path.name.removesuffix(".runs.jsonl").removesuffix(".json")
+    return build_surface(spec, space, baseline, runs, context=header["context"], backends=header["backends"],
+                         repeats=header["repeats"], seed=header["seed"], device_kind=torch.device(header["device"]).type,
+                         device=header["device"], name=name, partial=True)

@@ -308,6 +308,7 @@ def test_sweep_measures_every_config_and_writes_a_surface(tmp_path):
     calls = bench_calls(tmp_path)
     assert len(calls) == 2 * 9 and json.loads(calls[0])["context"] == 32
     baseline = {"workers": 1, "heads_per_band": 4, "chunk_size": 32, "T_inner": 32}  # builtin default at L32
+    assert {k: json.loads(calls[0])[k] for k in baseline} == baseline  # measured first
     base = surface.true_values[surface.space.index(baseline)]
     assert base == pytest.approx(3.0, rel=0.03)  # decode 1 + prefill 1 + recall 1
     failing = {"workers": 2, "heads_per_band": 2, "chunk_size": 16, "T_inner": 16}
@@ -379,6 +380,54 @@ def test_a_sweep_journal_of_another_machine_is_refused_before_any_run(tmp_path):
     with pytest.raises(UserError, match="measured on device_name NVIDIA H100 80GB HBM3.*start another with --out"):
         sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
     assert not (tmp_path / "fake_bench.calls").exists()
+
+
+def test_a_sweep_whose_baseline_cannot_run_stops_after_the_baselines_runs(tmp_path):
+    import sys
+
+    from autotune.cli import UserError
+    from autotune.sweep import sweep
+
+    spec, out, _ = fake_sweep(tmp_path)
+    failing = tmp_path / "failing_bench.py"
+    failing.write_text(FAKE_BENCH.replace('if cfg["workers"] == 2 and cfg["chunk_size"] == 16:', "if True:"))
+    cmd = (sys.executable, str(failing))
+    with pytest.raises(UserError, match=r"every run of the baseline config .* failed \(oom\)"):
+        sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None)
+    assert len((tmp_path / "failing_bench.calls").read_text().splitlines()) == 1
+    with pytest.raises(UserError, match="remove .*runs.jsonl and sweep again"):  # and so does the same command
+        sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None)
+    assert len((tmp_path / "failing_bench.calls").read_text().splitlines()) == 1
+
+
+def test_a_sweep_in_progress_replays_on_the_configs_it_has_measured(tmp_path):
+    from autotune.cli import UserError
+    from autotune.sweep import Journal, journal_header, sweep, sweep_space
+
+    spec, out, cmd = fake_sweep(tmp_path)
+    assert sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=5.15, bench_command=cmd,
+                 log=lambda _: None) is None
+    done = len(bench_calls(tmp_path))
+    journal = out.with_name(out.name + ".runs.jsonl")
+    surface = load_surface(journal)
+    assert len(surface) == done < 9
+    assert surface.meta["partial"] == {"configs_measured": done, "configs": 9, "runs_finished": done, "runs_planned": 9}
+    assert f"{done} of 9, a sweep in progress" in surface.describe()
+    summary = summarise(run_comparison(surface, ["random"], seeds=range(2), horizon=done))
+    assert summary["surface"]["partial"]["configs"] == 9
+    # the finished sweep scores the same runs the same way
+    assert sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None) == out
+    full = load_surface(out)
+    for config, value in zip(surface.configs, surface.true_values):
+        assert full.true_values[full.space.index(config)] == pytest.approx(value, nan_ok=True)
+    # before the baseline has a run there is nothing to score against
+    space, _ = sweep_space(spec, 32, ("queued",), 4)
+    other = tmp_path / "other.json.runs.jsonl"
+    not_baseline = next(i for i, c in enumerate(space.configs) if c["workers"] == 2)
+    Journal(other, journal_header(spec, 32, ("queued",), 1, 0, "cpu", space, machine=this_machine())).add(
+        {"index": not_baseline, "repeat": 0, "order": 1, "result": {"status": "ok"}, "wall_s": 0.1, "stderr_tail": ""})
+    with pytest.raises(UserError, match="baseline config .* has no finished run yet"):
+        load_surface(other)
 
 
 def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):

@@ -43,6 +43,7 @@ def summarise(comp: Comparison) -> dict[str, Any]:
             "configs": len(surface),
             "failing_configs": int(surface.failed.sum()),
             "knobs": {k: len(v) for k, v in surface.knobs.items()},
+            **({"partial": surface.meta["partial"]} if "partial" in surface.meta else {}),
         },
         "budget": comp.budget,
         "cutoff": comp.cutoff,

@@ -102,23 +102,31 @@ class Surface:
         return len(self.configs)
 
     def describe(self) -> str:
-        return (f"{self.name}: {len(self)} valid configs ({int(self.failed.sum())} failing), "
+        partial = self.meta.get("partial")
+        measured = f" of {partial['configs']}, a sweep in progress" if partial else ""
+        return (f"{self.name}: {len(self)}{measured} valid configs ({int(self.failed.sum())} failing), "
                 f"{self.objective} ({self.direction}), optimum {self.optimum:.6g}")
 
 
 # -- loading ---------------------------------------------------------------------------
 SYNTHETIC_PREFIX = "synthetic:"
+JOURNAL_SUFFIX = ".runs.jsonl"  # a sweep in progress: replayed on the configs measured so far
 
 
 def load_surface(path: str | Path) -> Surface:
     """Load a surface file or a Kernel Tuner cache file (detected from its keys).
 
     `synthetic:xlstm:SEED` and `synthetic:kernel:SEED` generate a synthetic surface
-    (autotune.replay.synthetic) instead of reading a file.
+    (autotune.replay.synthetic) instead of reading a file. A sweep's journal
+    (`*.runs.jsonl`) gives the surface of the configs it has measured so far.
     """
     if str(path).startswith(SYNTHETIC_PREFIX):
         return _synthetic(str(path))
     path = Path(path)
+    if path.name.endswith(JOURNAL_SUFFIX) and path.exists():
+        from autotune.sweep import surface_from_journal
+
+        return surface_from_dict(surface_from_journal(path), name=path.name)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
