@@ -33,6 +33,7 @@ from autotune.defaults import KNOBS
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
+JOURNAL_SUFFIX = ".runs.jsonl"  # beside the surface file: the finished runs of a sweep in progress
 EXIT_STOPPED = 3  # the sweep stopped at --stop-after; the same command continues it
 
 
@@ -184,9 +185,11 @@ class Journal:
             if "machine" in differ:
                 from autotune.store import describe_fingerprint
 
-                raise UserError(f"{path} holds runs measured on {describe_fingerprint(stored.get('machine') or {})}; "
-                                f"this machine is {describe_fingerprint(header['machine'])}. One surface mixes no "
-                                "machines: continue it there, or start another with --out")
+                there = (describe_fingerprint(stored["machine"]) if stored.get("machine")
+                         else "a machine it does not name (an older journal)")
+                raise UserError(f"{path} holds runs measured on {there}; this machine is "
+                                f"{describe_fingerprint(header['machine'])}. One surface mixes no machines: "
+                                "continue it there, or start another with --out")
             if differ:
                 raise UserError(f"{path} is the journal of a different sweep (it differs in {', '.join(differ)}); "
                                 "remove it or choose another --out")
@@ -222,7 +225,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     num_heads = get_config(spec.model.shape).num_heads
     space, baseline = sweep_space(spec, context, backends, num_heads)
     out = out or SURFACES_DIR / f"{device.type}-{spec.model.shape}-{'+'.join(backends)}-L{context}.json"
-    journal = Journal(out.with_name(out.name + ".runs.jsonl"),
+    journal = Journal(out.with_name(out.name + JOURNAL_SUFFIX),
                       journal_header(spec, context, backends, repeats, seed, device_str, space,
                                      machine=machine_fingerprint(device)))
     base_index = space.index(baseline)
@@ -354,17 +357,21 @@ def surface_from_journal(path: Path) -> dict[str, Any]:
     from autotune.spec import SpecError, parse_spec
     from kernels import get_config
 
+    def unset_removed(value):  # spec.to_dict() writes a setting the spec left unset as None
+        if isinstance(value, dict):
+            return {k: unset_removed(v) for k, v in value.items() if v is not None}
+        return value
+
     header, runs = read_journal(path)
-    try:  # the header holds spec.to_dict(): None marks a setting the spec left unset
-        spec = parse_spec({section: {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
-                           for section, body in header["spec"].items() if body is not None}, str(path))
+    try:
+        spec = parse_spec(unset_removed(header["spec"]), str(path))
     except (SpecError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: the journal's header holds no usable spec ({exc})") from None
     space, baseline = sweep_space(spec, header["context"], header["backends"], get_config(spec.model.shape).num_heads)
     if json.loads(json.dumps([space.key(c) for c in space.configs])) != header["configs"]:
         raise UserError(f"{path}: this version enumerates the spec's configs differently from the sweep that "
                         "wrote the journal, so its run indices cannot be read")
-    name = path.name.removesuffix(".runs.jsonl").removesuffix(".json")
+    name = path.name.removesuffix(JOURNAL_SUFFIX).removesuffix(".json")
     return build_surface(spec, space, baseline, runs, context=header["context"], backends=header["backends"],
                          repeats=header["repeats"], seed=header["seed"], device_kind=torch.device(header["device"]).type,
                          device=header["device"], name=name, partial=True)

@@ -379,6 +379,12 @@ def test_a_sweep_journal_of_another_machine_is_refused_before_any_run(tmp_path):
             journal_header(spec, 32, ("queued",), 1, 0, "cpu", space, machine=elsewhere))
     with pytest.raises(UserError, match="measured on device_name NVIDIA H100 80GB HBM3.*start another with --out"):
         sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
+    journal = out.with_name(out.name + ".runs.jsonl")
+    header = json.loads(journal.read_text())["header"]
+    del header["machine"]  # as journals were written before they named their machine
+    journal.write_text(json.dumps({"header": header}) + "\n")
+    with pytest.raises(UserError, match="a machine it does not name"):
+        sweep(spec, 32, ("queued",), repeats=1, seed=0, out=out, bench_command=cmd, log=lambda _: None)
     assert not (tmp_path / "fake_bench.calls").exists()
 
 

@@ -110,7 +110,6 @@ class Surface:
 
 # -- loading ---------------------------------------------------------------------------
 SYNTHETIC_PREFIX = "synthetic:"
-JOURNAL_SUFFIX = ".runs.jsonl"  # a sweep in progress: replayed on the configs measured so far
 
 
 def load_surface(path: str | Path) -> Surface:
@@ -122,10 +121,10 @@ def load_surface(path: str | Path) -> Surface:
     """
     if str(path).startswith(SYNTHETIC_PREFIX):
         return _synthetic(str(path))
+    from autotune.sweep import JOURNAL_SUFFIX, surface_from_journal
+
     path = Path(path)
     if path.name.endswith(JOURNAL_SUFFIX) and path.exists():
-        from autotune.sweep import surface_from_journal
-
         return surface_from_dict(surface_from_journal(path), name=path.name)
     try:
         text = path.read_text(encoding="utf-8")
