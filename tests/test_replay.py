@@ -20,6 +20,7 @@ from autotune.replay import (
     run_comparison,
     summarise,
     surface_document,
+    table,
 )
 from autotune.replay.surface import Surface, SurfaceError
 from autotune.space import SearchSpace
@@ -75,6 +76,23 @@ def test_p_score_is_zero_for_the_random_curve_and_one_at_the_optimum():
     assert p_score(s_rand + 1.0, s_rand, 1.0, budget) < 0.0
     # a run that stopped early keeps its best
     assert p_score(np.ones(1), s_rand, 1.0, budget) == pytest.approx(1.0)
+
+
+def test_a_run_that_evaluated_nothing_holds_the_worst_value():
+    from autotune.replay.scoring import extend
+
+    surface = synthetic_surface()
+    comp = run_comparison(surface, ["random"], seeds=range(2), horizon=10)
+    comp.traces["random"][0].best = np.zeros(0)  # as a run whose every ask was an invalid config
+    summary = summarise(comp)["strategies"]["random"]
+    nothing = np.full(comp.horizon, surface.worst)
+    assert summary["p_score"]["per_seed"][0] == pytest.approx(p_score(nothing, comp.random_curve, surface.optimum,
+                                                                      comp.budget))
+    # worst at every t: below random search, and below any run that evaluated something
+    assert summary["p_score"]["per_seed"][0] < min(0.0, summary["p_score"]["per_seed"][1])
+    assert summary["reach"]["within_5pct"]["10"] <= 0.5
+    with pytest.raises(ValueError, match="needs a value to hold"):
+        extend(np.zeros(0), 5)
 
 
 def test_reach_fractions_count_runs_within_tolerance():
@@ -418,9 +436,10 @@ def test_a_sweep_in_progress_replays_on_the_configs_it_has_measured(tmp_path):
     surface = load_surface(journal)
     assert len(surface) == done < 9
     assert surface.meta["partial"] == {"configs_measured": done, "configs": 9, "runs_finished": done, "runs_planned": 9}
-    assert f"{done} of 9, a sweep in progress" in surface.describe()
+    assert f"{done} of 9 valid configs measured so far" in surface.describe()
     summary = summarise(run_comparison(surface, ["random"], seeds=range(2), horizon=done))
     assert summary["surface"]["partial"]["configs"] == 9
+    assert f"{done} configs of 9 (a sweep in progress)" in table(summary)
     # the finished sweep scores the same runs the same way
     assert sweep(spec, 32, ("queued",), repeats=1, out=out, bench_command=cmd, log=lambda _: None) == out
     full = load_surface(out)

@@ -55,7 +55,7 @@ def summarise(comp: Comparison) -> dict[str, Any]:
         "strategies": {},
     }
     for name, traces in comp.traces.items():
-        curves = [extend(t.best, comp.horizon) for t in traces]
+        curves = [extend(t.best, comp.horizon, surface.worst) for t in traces]
         scores = np.array([p_score(c, comp.random_curve, surface.optimum, comp.budget) for c in curves])
         stack = np.vstack(curves)
         mean = stack.mean(axis=0)
@@ -103,8 +103,10 @@ def ranking(summary: dict[str, Any]) -> list[tuple[str, float]]:
 
 def table(summary: dict[str, Any]) -> str:
     """A plain-text table of the summary (what the command prints)."""
+    partial = summary["surface"].get("partial")
     lines = [
-        f"surface {summary['surface']['name']}: {summary['surface']['configs']} configs, "
+        f"surface {summary['surface']['name']}: {summary['surface']['configs']} configs"
+        + (f" of {partial['configs']} (a sweep in progress)" if partial else "") + ", "
         f"{summary['surface']['objective']} ({summary['surface']['direction']}), optimum {summary['optimum']:.6g}, "
         f"budget {summary['budget']} evaluations, {summary['seeds']} seeds",
         f"{'strategy':<10} {'P-score':>15} {'5%@10':>6} {'5%@25':>6} {'1%@25':>6} {'1%@50':>6} {'ms/prop':>8} {'invalid':>8} {'revisit':>8}",
@@ -167,7 +169,8 @@ def write_html(summary: dict[str, Any], path: str | Path) -> None:
     fig.update_xaxes(title_text="evaluations", row=3, col=1)
     fig.update_yaxes(range=[0, 1], row=3, col=1)
     surf = summary["surface"]
-    fig.update_layout(height=1300, title=(f"Replay on {surf['name']} ({surf['configs']} configs, {surf['objective']} "
+    of = f" of {surf['partial']['configs']} (a sweep in progress)" if "partial" in surf else ""
+    fig.update_layout(height=1300, title=(f"Replay on {surf['name']} ({surf['configs']} configs{of}, {surf['objective']} "
                                           f"{surf['direction']}; budget {summary['budget']}, {summary['seeds']} seeds)"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

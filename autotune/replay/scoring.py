@@ -17,13 +17,17 @@ REACH_AT = (10, 25, 50, 100)
 REACH_WITHIN = (0.05, 0.01)
 
 
-def extend(curve: np.ndarray, length: int) -> np.ndarray:
-    """A best-so-far curve continued flat to `length` (a run that stopped early keeps its best)."""
+def extend(curve: np.ndarray, length: int, empty: float | None = None) -> np.ndarray:
+    """A best-so-far curve continued flat to `length` (a run that stopped early keeps its
+    best). A run that evaluated nothing (every ask invalid, say) found nothing: it holds
+    `empty`, the surface's worst value, as a failure does."""
     curve = np.asarray(curve, dtype=np.float64)
     if len(curve) >= length:
         return curve[:length]
     if not len(curve):
-        raise ValueError("a run without any evaluation has no best-so-far curve")
+        if empty is None:
+            raise ValueError("a run without any evaluation needs a value to hold (the surface's worst)")
+        return np.full(length, float(empty))
     return np.concatenate([curve, np.full(length - len(curve), curve[-1])])
 
 

@@ -103,8 +103,8 @@ class Surface:
 
     def describe(self) -> str:
         partial = self.meta.get("partial")
-        measured = f" of {partial['configs']}, a sweep in progress" if partial else ""
-        return (f"{self.name}: {len(self)}{measured} valid configs ({int(self.failed.sum())} failing), "
+        count = f"{len(self)} of {partial['configs']} valid configs measured so far" if partial else f"{len(self)} valid configs"
+        return (f"{self.name}: {count} ({int(self.failed.sum())} failing), "
                 f"{self.objective} ({self.direction}), optimum {self.optimum:.6g}")
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from autotune.replay.baseline import budget_for, random_curve
 from autotune.replay.runner import replay_run
-from autotune.replay.scoring import p_score
+from autotune.replay.scoring import extend, p_score
 from autotune.replay.surface import Surface
 
 TRAIN_SEEDS = (0, 1, 2, 3)
@@ -83,8 +83,8 @@ class Evaluator:
     def __call__(self, strategy: str, options: Mapping[str, Mapping[str, Any]]) -> tuple[float, list[float]]:
         per_surface = []
         for surface, budget, curve in self.prepared:
-            scores = [p_score(replay_run(surface, strategy, seed, budget, options=options).best, curve,
-                              surface.optimum, budget) for seed in self.seeds]
+            scores = [p_score(extend(replay_run(surface, strategy, seed, budget, options=options).best, budget,
+                                     surface.worst), curve, surface.optimum, budget) for seed in self.seeds]
             per_surface.append(float(np.mean(scores)))
         return float(np.mean(per_surface)), per_surface
 
