@@ -162,7 +162,7 @@ def read_journal(path: Path) -> tuple[dict[str, Any], dict[tuple[int, int], dict
     try:
         header = json.loads(lines[0])["header"]
     except (IndexError, json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path} is not a sweep journal (no header line); remove it or choose another --out") from None
+        raise UserError(f"{path} is not a sweep journal (its first line holds no header)") from None
     runs = {}
     for line in lines[1:]:
         try:
@@ -180,7 +180,10 @@ class Journal:
         self.path = path
         self.runs: dict[tuple[int, int], dict[str, Any]] = {}
         if path.exists():
-            stored, runs = read_journal(path)
+            try:
+                stored, runs = read_journal(path)
+            except UserError as exc:
+                raise UserError(f"{exc}; remove it or choose another --out") from None
             differ = header_differences(stored, header)
             if "machine" in differ:
                 from autotune.store import describe_fingerprint
