@@ -1,28 +1,28 @@
 """`autotune compare-official`: our runtime against the official xLSTM kernels, one process.
 
 Both sides build the same architecture (an xLSTM-7B-shaped model by default) with random
-bf16 weights and fp32 state, batch 1, on one CUDA GPU, one after the other:
+bf16 weights and fp32 state, on one CUDA GPU, one after the other:
 
 - ours: kernels.fastpath.FastModel with the mLSTM cells through a scheduler configured
   with the exported defaults for each context length (or --config); decode through a
   CUDA graph of the whole step (schedulers.graphs) with that config's bands and workers;
-- official: xlstm 2.0.6's xLSTMLarge in 'inference' mode, prefill with the
-  chunkwise--triton_limit_chunk kernel, decode with the native step kernel.
+- official: xlstm 2.0.6's xLSTMLarge in 'inference' mode, measured at its best: every
+  combination of weight layout, prefill kernel and chunk size, and decode step kernel,
+  eager and compiled (autotune.compare_official_variants); each figure is divided by the
+  fastest official variant, and the variants that crash are reported with their error.
 
 Prefill tok/s = L / time of one forward over L random tokens (all logits, as the
-official model computes them); decode tok/s = new tokens / time of greedy decoding them
-after a short prompt. Every timed region is synchronized; warm-up (Triton compilation,
-graph capture) happens before it. Prints the ratios; --json writes
-{gpu, torch, decode_tok_s: {ours, official}, prefill_tok_s: {"<L>": {ours, official}}, ...}.
-
-The official packages are imported only here; without them the command says how to
-install them.
+official model computes them); decode tok/s = batch x new tokens / time of greedy
+decoding them after a short prompt. Every timed region is synchronized; warm-up (Triton
+compilation, graph capture, torch.compile) happens before it. Prints the ratios; --json
+writes {gpu, decode_tok_s: {ours, official, official_variant}, prefill_tok_s: {"<L>":
+{ours, official, official_variant}}, decode_batches, official: {variants}, ...}.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import dataclasses
 import json
 import statistics
 import sys
@@ -32,17 +32,33 @@ from pathlib import Path
 import torch
 
 from autotune.cli import UserError
+from autotune.compare_official_model import free, official_modules, sync, timed, tokens
+from autotune.compare_official_variants import DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
-OFFICIAL_PACKAGES = "xlstm==2.0.6 mlstm_kernels==2.0.6"
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT")
+    plan = OfficialPlan()
+    parser.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT (rewritten after each stage)")
     parser.add_argument("--shape", default="7b", help="model shape (mLSTM-only shapes: 125m, 350m, 1.3b, 7b)")
     parser.add_argument("--contexts", default="2048,8192,32768", help="prefill lengths, comma-separated")
-    parser.add_argument("--new-tokens", type=int, default=256, help="decoded tokens timed per repeat")
+    parser.add_argument("--new-tokens", type=int, default=256, help="decoded tokens timed per repeat (ours)")
+    parser.add_argument("--official-new-tokens", type=int,
+                        help="decoded tokens timed per repeat for the official model (default --new-tokens)")
     parser.add_argument("--decode-prompt", type=int, default=64, help="prompt length before decoding")
+    parser.add_argument("--decode-batches", type=_csv(int), default=(1,),
+                        help="decode batch sizes, comma-separated; batches above 1 run the official model's "
+                             "best batch-1 decode variant")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     parser.add_argument("--config", help="knobs as JSON for every context and decode, e.g. "
                         '\'{"workers": 1, "heads_per_band": 8, "chunk_size": 8192, "T_inner": 8192}\'')
@@ -51,12 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="sequential", choices=("sequential", "queued"),
                         help="scheduler backend for our prefill")
     parser.add_argument("--no-graphs", action="store_true", help="decode ours eagerly (no CUDA graph)")
-    parser.add_argument("--official-chunkwise-kernel", default="chunkwise--triton_limit_chunk")
-    parser.add_argument("--official-step-kernel", default="native")
-    parser.add_argument("--official-sequence-kernel", default="native_sequence__native")
-    parser.add_argument("--official-chunk-size", type=int, default=64)
-    parser.add_argument("--official-compiled-decode", action="store_true",
-                        help="also time the official decode under torch.compile(mode='reduce-overhead')")
+    parser.add_argument("--official-weight-modes", type=_csv(str), default=plan.weight_modes)
+    parser.add_argument("--official-chunkwise-kernels", type=_csv(str), default=plan.chunkwise_kernels)
+    parser.add_argument("--official-chunk-sizes", type=_csv(int), default=plan.chunk_sizes)
+    parser.add_argument("--official-step-kernels", type=_csv(str), default=plan.step_kernels)
+    parser.add_argument("--official-compiled-step-kernels", type=_csv(str), default=plan.compiled_step_kernels,
+                        help="step kernels also timed under torch.compile(mode='reduce-overhead') "
+                             "(empty: no compiled decode)")
+    parser.add_argument("--official-sequence-kernel", default=plan.sequence_kernel)
     parser.add_argument("--skip-official", action="store_true", help="measure ours only")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -88,33 +106,8 @@ def _parse_knobs(text: str, what: str, num_heads: int) -> dict[str, int]:
     return {k: knobs[k] for k in KNOBS}
 
 
-def _sync() -> None:
-    torch.cuda.synchronize()
-
-
-def _timed(fn, repeats: int) -> list[float]:
-    samples = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        fn()
-        _sync()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def _free() -> None:
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 def _progress(text: str) -> None:
     print(f"[compare-official] {text}", file=sys.stderr, flush=True)
-
-
-def _tokens(vocab: int, length: int, seed: int, device) -> torch.Tensor:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.randint(0, vocab, (1, length), generator=gen).to(device)
 
 
 # ----------------------------------------------------------------------------- ours
@@ -125,118 +118,59 @@ def measure_ours_prefill(fast, knobs: dict, backend: str, length: int, repeats: 
     from schedulers import Knobs, make_scheduler
 
     model = fast.model
-    tokens = _tokens(model.config.vocab_size, length, seed, model.device)
+    toks = tokens(model.config.vocab_size, 1, length, seed, model.device)
     with make_scheduler(backend, Knobs(**knobs), device=model.device, dtype=model.dtype) as sched, torch.no_grad():
-        fast.forward(tokens, None, sched)  # warm-up
+        fast.forward(toks, None, sched)  # warm-up
         sched.reset_counters()
-        samples = _timed(lambda: fast.forward(tokens, None, sched), repeats)
+        samples = timed(lambda: fast.forward(toks, None, sched), repeats)
         counters = sched.counters.as_dict()
-    _free()
+    free()
     return {"samples_s": samples, "tok_s": length / statistics.median(samples), "counters_total": counters}
 
 
-def measure_ours_decode(fast, knobs: dict, *, prompt_len: int, new_tokens: int, repeats: int, seed: int,
-                        graphs: bool = True) -> dict:
-    """Greedy decode tok/s through make_decoder (a CUDA graph of the whole step)."""
+def measure_ours_decode(fast, knobs: dict, *, batch: int = 1, prompt_len: int, new_tokens: int, repeats: int,
+                        seed: int, graphs: bool = True) -> dict:
+    """Greedy decode tok/s (all sequences counted) through make_decoder (a CUDA graph of
+    the whole step), with the peak device memory of the timed repeats."""
     from schedulers import Knobs, make_scheduler
     from schedulers.graphs import make_decoder
 
     model = fast.model
-    prompt = _tokens(model.config.vocab_size, prompt_len, seed, model.device)
+    prompt = tokens(model.config.vocab_size, batch, prompt_len, seed, model.device)
     with make_scheduler("sequential", Knobs(**knobs), device=model.device, dtype=model.dtype) as sched, \
             torch.no_grad():
         logits, state = fast.forward(prompt, None, sched)
         first = logits[:, -1:].argmax(-1)
         start = time.perf_counter()
-        decoder = make_decoder(model, sched, graphs=graphs, fast=fast)
-        _sync()
+        decoder = make_decoder(model, sched, batch=batch, graphs=graphs, fast=fast)
+        sync()
         setup_s = time.perf_counter() - start
+        torch.cuda.reset_peak_memory_stats(model.device)
         samples = []
         for _ in range(repeats):
             decoder.load_state(state, sched.materialize)
             decoder.reset_counters()
-            samples += _timed(lambda: decoder.generate(first, new_tokens), 1)
+            samples += timed(lambda: decoder.generate(first, new_tokens), 1)
+        peak = torch.cuda.max_memory_allocated(model.device)
         counters = decoder.counters.as_dict()
         expected = decoder.expected_counters(new_tokens).as_dict() if hasattr(decoder, "expected_counters") else None
         path = {"kind": decoder.kind, "reason": decoder.reason}
     del decoder
-    _free()
-    return {"samples_s": samples, "tok_s": new_tokens / statistics.median(samples), "path": path,
-            "decoder_setup_s": setup_s, "counters_per_repeat": counters, "expected_counters": expected}
+    free()
+    return {"samples_s": samples, "tok_s": batch * new_tokens / statistics.median(samples), "path": path,
+            "decoder_setup_s": setup_s, "peak_bytes": peak, "counters_per_repeat": counters,
+            "expected_counters": expected}
 
 
-# ----------------------------------------------------------------------------- official
-
-
-def official_modules():
-    """The official xLSTMLarge classes, or a UserError saying how to install them."""
-    try:
-        from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
-    except ImportError as exc:
-        raise UserError(f"the official xLSTM packages are not importable ({exc}); "
-                        f"install them for this comparison: pip install {OFFICIAL_PACKAGES}") from None
-    return xLSTMLarge, xLSTMLargeConfig
-
-
-def build_official(config, args, device):
-    """xLSTMLarge with our ModelConfig's architecture, random bf16 weights on `device`."""
-    xLSTMLarge, xLSTMLargeConfig = official_modules()
-    cfg = xLSTMLargeConfig(
-        embedding_dim=config.embedding_dim, num_heads=config.num_heads, num_blocks=config.num_blocks,
-        vocab_size=config.vocab_size, use_bias=False, norm_eps=config.norm_eps,
-        qk_dim_factor=config.qk_dim_factor, v_dim_factor=config.v_dim_factor,
-        gate_soft_cap=config.gate_soft_cap, output_logit_soft_cap=config.logit_soft_cap,
-        ffn_proj_factor=config.ffn_proj_factor, ffn_round_up_to_multiple_of=config.ffn_round_up_to,
-        mode="inference", chunkwise_kernel=args.official_chunkwise_kernel,
-        sequence_kernel=args.official_sequence_kernel, step_kernel=args.official_step_kernel,
-        chunk_size=args.official_chunk_size, return_last_states=True, autocast_kernel_dtype="bfloat16",
-        inference_state_dtype="float32", weight_mode="single",
-    )
-    previous = torch.get_default_dtype()
-    torch.manual_seed(args.seed)
-    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16 directly on the GPU
-    try:
-        with torch.device(device):
-            model = xLSTMLarge(cfg)
-    finally:
-        torch.set_default_dtype(previous)
-    model.eval().requires_grad_(False)
-    return model, cfg
-
-
-def measure_official_prefill(model, vocab: int, length: int, repeats: int, seed: int, device) -> dict:
-    tokens = _tokens(vocab, length, seed, device)
-    with torch.no_grad():
-        model(tokens)  # warm-up: Triton compiles here
-        samples = _timed(lambda: model(tokens), repeats)
-    _free()
-    return {"samples_s": samples, "tok_s": length / statistics.median(samples)}
-
-
-def measure_official_decode(model, vocab: int, *, prompt_len: int, new_tokens: int, repeats: int, seed: int,
-                            device, compiled: bool = False) -> dict:
-    prompt = _tokens(vocab, prompt_len, seed, device)
-    forward = torch.compile(model, mode="reduce-overhead") if compiled else model
-    samples = []
-    with torch.no_grad():
-        logits, state = model(prompt)
-        first = logits[:, -1:].argmax(-1)
-
-        def run(start_state):
-            token, st = first, start_state
-            for _ in range(new_tokens):
-                logits, st = forward(token, st)
-                token = logits[:, -1:].argmax(-1)
-
-        def fresh():  # the official backbone updates states in place
-            return {k: tuple(t.clone() for t in v) for k, v in state.items()}
-
-        run(fresh())  # warm-up (compilation when compiled)
-        for _ in range(repeats):
-            st = fresh()
-            samples += _timed(lambda: run(st), 1)
-    _free()
-    return {"samples_s": samples, "tok_s": new_tokens / statistics.median(samples)}
+def measure_copy_bandwidth(device, nbytes: int = 4 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s, bytes read plus bytes written (median)."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device).random_(0, 256)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    samples = timed(lambda: dst.copy_(src), repeats)
+    del src, dst
+    free()
+    return nbytes / statistics.median(samples)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -270,6 +204,35 @@ def _ratio(ours: float | None, official: float | None) -> float | None:
     return ours / official
 
 
+def _weight_bytes_read_per_step(model) -> int:
+    """Bytes of weights one decode step streams: every parameter but the embedding table
+    (of which a step reads one row)."""
+    embedding = model.embedding.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding)
+
+
+def _state_bytes_per_sequence(config) -> int:
+    """fp32 (C, n, m) of every mLSTM block for one sequence."""
+    dhqk, dhv = config.qk_dim // config.num_heads, config.v_dim // config.num_heads
+    blocks = config.num_blocks - len(config.slstm_at)
+    return blocks * config.num_heads * (dhqk * dhv + dhqk + 1) * 4
+
+
+def _validate(args) -> list[int]:
+    contexts = _parse_contexts(args.contexts)
+    for name in ("new_tokens", "decode_prompt", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if not args.decode_batches or min(args.decode_batches) < 1:
+        raise UserError("--decode-batches needs positive batch sizes, e.g. 1,16,64")
+    if not args.skip_official:
+        official_modules()  # fail before the long part, not after it
+        for name in ("weight_modes", "chunkwise_kernels", "chunk_sizes", "step_kernels"):
+            if not getattr(args, f"official_{name}"):
+                raise UserError(f"--official-{name.replace('_', '-')} needs at least one value")
+    return contexts
+
+
 def run(args) -> int:
     from kernels import XLSTM, get_config
 
@@ -283,13 +246,10 @@ def run(args) -> int:
     if config.slstm_at:
         raise UserError(f"shape {args.shape!r} has sLSTM blocks, which the official xLSTMLarge does not have; "
                         "use an mLSTM-only shape (125m, 350m, 1.3b, 7b)")
-    contexts = _parse_contexts(args.contexts)
-    for name in ("new_tokens", "decode_prompt", "repeats"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if not args.skip_official:
-        official_modules()  # fail before the long part, not after it
-
+    contexts = _validate(args)
+    plan = OfficialPlan(tuple(args.official_weight_modes), tuple(args.official_chunkwise_kernels),
+                        tuple(args.official_chunk_sizes), tuple(args.official_step_kernels),
+                        tuple(args.official_compiled_step_kernels), args.official_sequence_kernel)
     device = torch.device("cuda", torch.cuda.current_device())
     result: dict = {
         "gpu": torch.cuda.get_device_name(device),
@@ -303,9 +263,20 @@ def run(args) -> int:
         "command": "autotune compare-official " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["compare-official"] else sys.argv[1:]),
         "decode_tok_s": {},
         "prefill_tok_s": {},
-        "ours": {"prefill": {}, "configs": {}},
-        "official": {"prefill": {}},
+        "ours": {"prefill": {}, "configs": {}, "decode_batches": {}},
+        "official": {"plan": dataclasses.asdict(plan)},
     }
+    results = VariantResults()
+
+    def checkpoint():
+        result["official"]["variants"] = results.as_dict()
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+    result["copy_bytes_per_s"] = measure_copy_bandwidth(device)
+    _progress(f"device copy: {result['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
 
     # -- ours
     from kernels.fastpath import FastModel
@@ -314,69 +285,90 @@ def run(args) -> int:
     model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=args.seed)
     fast = FastModel(model)
     result["ours"]["ops"] = fast.ops.name
+    result["decode_weight_bytes"] = _weight_bytes_read_per_step(model)
+    result["state_bytes_per_sequence"] = _state_bytes_per_sequence(config)
     for L in contexts:
         knobs, source = _knobs_for(args, config.num_heads, L, device.type)
         result["ours"]["configs"][str(L)] = {"knobs": knobs, "source": source}
         _progress(f"ours: prefill L={L} with {knobs} ({args.backend})")
         result["ours"]["prefill"][str(L)] = measure_ours_prefill(fast, knobs, args.backend, L, args.repeats, args.seed)
+        checkpoint()
     if args.decode_config:
         dknobs, dsource = _parse_knobs(args.decode_config, "--decode-config", config.num_heads), "--decode-config"
     else:
         dknobs, dsource = _knobs_for(args, config.num_heads, args.decode_prompt, device.type)
     result["ours"]["configs"]["decode"] = {"knobs": dknobs, "source": dsource}
-    _progress(f"ours: decode {args.new_tokens} tokens with {dknobs}")
-    result["ours"]["decode"] = measure_ours_decode(
-        fast, dknobs, prompt_len=args.decode_prompt, new_tokens=args.new_tokens, repeats=args.repeats,
-        seed=args.seed, graphs=not args.no_graphs)
+    for batch in args.decode_batches:
+        _progress(f"ours: decode {args.new_tokens} tokens, batch {batch}, with {dknobs}")
+        result["ours"]["decode_batches"][str(batch)] = measure_ours_decode(
+            fast, dknobs, batch=batch, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
+            repeats=args.repeats, seed=args.seed, graphs=not args.no_graphs)
+        checkpoint()
+    if "1" in result["ours"]["decode_batches"]:
+        result["ours"]["decode"] = result["ours"]["decode_batches"]["1"]
     del fast, model
-    _free()
+    free()
 
     # -- official
     if not args.skip_official:
-        _progress("official: building xLSTMLarge (bf16, random weights)")
-        official, cfg = build_official(config, args, device)
-        result["official"]["config"] = {k: getattr(cfg, k) for k in (
-            "chunkwise_kernel", "sequence_kernel", "step_kernel", "chunk_size", "mode",
-            "autocast_kernel_dtype", "inference_state_dtype", "weight_mode")}
-        for L in contexts:
-            _progress(f"official: prefill L={L}")
-            result["official"]["prefill"][str(L)] = measure_official_prefill(
-                official, config.vocab_size, L, args.repeats, args.seed, device)
-        _progress(f"official: decode {args.new_tokens} tokens (eager)")
-        result["official"]["decode"] = measure_official_decode(
-            official, config.vocab_size, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
-            repeats=args.repeats, seed=args.seed, device=device)
-        if args.official_compiled_decode:
-            _progress("official: decode under torch.compile(mode='reduce-overhead')")
-            result["official"]["decode_compiled"] = measure_official_decode(
-                official, config.vocab_size, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
-                repeats=args.repeats, seed=args.seed, device=device, compiled=True)
-        del official
-        _free()
+        from autotune.compare_official_model import measure_official, measure_official_batches
 
-    # -- summary
-    off = result["official"]
-    result["decode_tok_s"] = {"ours": result["ours"]["decode"]["tok_s"],
-                              "official": off.get("decode", {}).get("tok_s")}
-    if "decode_compiled" in off:
-        result["decode_tok_s"]["official_compiled"] = off["decode_compiled"]["tok_s"]
+        new_tokens = args.official_new_tokens or args.new_tokens
+        measure_official(config, plan, contexts=contexts, repeats=args.repeats, decode_prompt=args.decode_prompt,
+                         new_tokens=new_tokens, seed=args.seed, device=device, results=results,
+                         progress=_progress, checkpoint=checkpoint)
+        best = results.best("decode:b1")
+        batches = [b for b in args.decode_batches if b != 1]
+        prefill_best = results.best(f"prefill:{contexts[0]}")
+        if best and batches and prefill_best:
+            settings = prefill_best["settings"]
+            measure_official_batches(
+                config, DecodeVariant(**best["settings"]),
+                {"chunkwise_kernel": settings["chunkwise_kernel"], "chunk_size": settings["chunk_size"]},
+                batches=batches, repeats=args.repeats, decode_prompt=args.decode_prompt, new_tokens=new_tokens,
+                seed=args.seed, device=device, sequence_kernel=plan.sequence_kernel, results=results,
+                progress=_progress, checkpoint=checkpoint)
+
+    summarize(result, results, contexts, args.decode_batches)
+    checkpoint()
+    print(format_table(result))
+    if args.json:
+        _progress(f"wrote {args.json}")
+    return 0
+
+
+def _best(results: VariantResults, workload: str) -> tuple[float | None, str | None]:
+    entry = results.best(workload)
+    return (entry["tok_s"], entry["variant"]) if entry else (None, None)
+
+
+def summarize(result: dict, results: VariantResults, contexts, batches) -> None:
+    """decode_tok_s / prefill_tok_s with `official` the best official variant, the ratios,
+    and the batch table with each side's bound."""
+    ours = result["ours"]
+    official, variant = _best(results, "decode:b1")
+    result["decode_tok_s"] = {"ours": ours.get("decode", {}).get("tok_s"), "official": official,
+                              "official_variant": variant}
     for L in contexts:
-        result["prefill_tok_s"][str(L)] = {"ours": result["ours"]["prefill"][str(L)]["tok_s"],
-                                           "official": off["prefill"].get(str(L), {}).get("tok_s")}
+        official, variant = _best(results, f"prefill:{L}")
+        result["prefill_tok_s"][str(L)] = {"ours": ours["prefill"][str(L)]["tok_s"], "official": official,
+                                           "official_variant": variant}
     result["ratios"] = {
         "decode": _ratio(result["decode_tok_s"]["ours"], result["decode_tok_s"]["official"]),
         "prefill": {L: _ratio(v["ours"], v["official"]) for L, v in result["prefill_tok_s"].items()},
     }
-    if "official_compiled" in result["decode_tok_s"]:
-        result["ratios"]["decode_vs_compiled"] = _ratio(result["decode_tok_s"]["ours"],
-                                                        result["decode_tok_s"]["official_compiled"])
-    print(format_table(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        _progress(f"wrote {path}")
-    return 0
+    table = {}
+    for batch in batches:
+        mine = ours["decode_batches"].get(str(batch), {})
+        theirs = results.best(f"decode:b{batch}") or {}
+        table[str(batch)] = {
+            "ours": mine.get("tok_s"), "ours_peak_bytes": mine.get("peak_bytes"),
+            "official": theirs.get("tok_s"), "official_peak_bytes": theirs.get("peak_bytes"),
+            "official_variant": theirs.get("variant"),
+            "bound": decode_bound_tok_s(result["decode_weight_bytes"], result["state_bytes_per_sequence"], batch,
+                                        result["copy_bytes_per_s"]),
+        }
+    result["decode_batches"] = table
 
 
 def format_table(result: dict) -> str:
@@ -387,13 +379,19 @@ def format_table(result: dict) -> str:
         return "-" if x is None else f"{x:.2f}x"
 
     lines = [f"{result['shape']} on {result['gpu']} (torch {result['torch']}, bf16 weights, fp32 state, batch 1)",
-             f"{'':18} {'ours':>12} {'official':>12} {'ratio':>8}"]
+             f"{'':18} {'ours':>12} {'official':>12} {'ratio':>8}  official variant (best measured)"]
     d = result["decode_tok_s"]
-    lines.append(f"{'decode tok/s':18} {fmt(d['ours']):>12} {fmt(d['official']):>12} {rat(result['ratios']['decode']):>8}")
-    if "official_compiled" in d:
-        lines.append(f"{'  vs compiled':18} {'':>12} {fmt(d['official_compiled']):>12} "
-                     f"{rat(result['ratios']['decode_vs_compiled']):>8}")
+    lines.append(f"{'decode tok/s':18} {fmt(d['ours']):>12} {fmt(d['official']):>12} "
+                 f"{rat(result['ratios']['decode']):>8}  {d.get('official_variant') or '-'}")
     for L, v in result["prefill_tok_s"].items():
         lines.append(f"{'prefill L=' + L:18} {fmt(v['ours']):>12} {fmt(v['official']):>12} "
-                     f"{rat(result['ratios']['prefill'][L]):>8}")
+                     f"{rat(result['ratios']['prefill'][L]):>8}  {v.get('official_variant') or '-'}")
+    batches = result.get("decode_batches") or {}
+    if len(batches) > 1:
+        lines.append(f"{'decode batch':18} {'ours':>12} {'official':>12} {'bound':>8}")
+        for b, row in batches.items():
+            lines.append(f"{'  B=' + b:18} {fmt(row['ours']):>12} {fmt(row['official']):>12} {fmt(row['bound']):>8}")
+    crashed = (result.get("official", {}).get("variants") or {}).get("crashed") or []
+    for item in crashed:
+        lines.append(f"crashed: {item['variant']}: {item['error']}")
     return "\n".join(lines)

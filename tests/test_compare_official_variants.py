@@ -1,0 +1,92 @@
+"""compare-official's variant bookkeeping: every variant on record, the best one chosen, crashes kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune import compare_official as co
+from autotune.compare_official_variants import (
+    DecodeVariant, OfficialPlan, PrefillVariant, VariantResults, decode_bound_tok_s, decode_grid, describe_error,
+    prefill_grid)
+
+
+def test_grids_cover_every_combination():
+    plan = OfficialPlan()
+    prefill = prefill_grid(plan.weight_modes, plan.chunkwise_kernels, plan.chunk_sizes)
+    assert len(prefill) == 2 * 2 * 3 and len({v.name for v in prefill}) == 12
+    decode = decode_grid(plan.weight_modes, plan.step_kernels, plan.compiled_step_kernels)
+    assert [v.name for v in decode] == ["fused/native/eager", "fused/triton/eager", "single/native/eager",
+                                        "single/triton/eager", "fused/native/compiled", "single/native/compiled"]
+    assert decode_grid(["fused"], ["native"], []) == [DecodeVariant("fused", "native", False)]
+
+
+def test_best_is_the_fastest_that_ran_and_crashes_are_listed_once():
+    r = VariantResults()
+    slow, fast, broken = (PrefillVariant("single", "k", 64), PrefillVariant("fused", "k", 128),
+                          PrefillVariant("fused", "xl", 128))
+    r.add("prefill:2048", slow, tok_s=10.0)
+    r.add("prefill:2048", fast, tok_s=30.0)
+    r.add("prefill:2048", broken, error="RuntimeError: boom")
+    r.add("prefill:8192", broken, error="RuntimeError: boom")
+    r.add("prefill:8192", slow, tok_s=12.0)
+    assert r.best("prefill:2048")["variant"] == "fused/k/chunk128"
+    assert r.best("prefill:8192")["variant"] == "single/k/chunk64"
+    assert r.best("decode:b1") is None
+    assert r.crashed() == [{"variant": "fused/xl/chunk128", "error": "RuntimeError: boom",
+                            "workloads": ["prefill:2048", "prefill:8192"]}]
+    assert r.as_dict()["best"] == {"prefill:2048": "fused/k/chunk128", "prefill:8192": "single/k/chunk64"}
+    with pytest.raises(ValueError):
+        r.add("prefill:2048", slow)
+
+
+def test_measure_records_a_raised_error_and_keeps_going():
+    r = VariantResults()
+    cleaned = []
+    variant = DecodeVariant("fused", "triton", True)
+
+    def crash():
+        raise RuntimeError("triton compile failed\nlong details")
+
+    entry = r.measure("decode:b1", variant, crash, on_error=cleaned.append)
+    assert entry["error"] == "RuntimeError: triton compile failed" and len(cleaned) == 1
+    entry = r.measure("decode:b1", DecodeVariant("fused", "native", False), lambda: {"tok_s": 5.0, "peak_bytes": 7})
+    assert entry["tok_s"] == 5.0 and entry["peak_bytes"] == 7 and entry["settings"]["compiled"] is False
+    assert r.best("decode:b1")["variant"] == "fused/native/eager"
+
+
+def test_describe_error_without_a_message_names_where():
+    try:
+        raise AssertionError
+    except AssertionError as exc:
+        text = describe_error(exc)
+    assert text.startswith("AssertionError at ") and "test_compare_official_variants.py" in text
+
+
+def test_decode_bound_counts_weights_once_and_state_in_and_out_per_sequence():
+    # 13.6 GB of weights at 4.26 TB/s: ~313 tok/s at batch 1; 134 MB of state per sequence
+    assert decode_bound_tok_s(13.6e9, 0, 1, 4.26e12) == pytest.approx(313.2, abs=0.1)
+    assert decode_bound_tok_s(13.6e9, 134e6, 16, 4.26e12) == pytest.approx(3810, rel=1e-3)
+    assert decode_bound_tok_s(13.6e9, 134e6, 64, 4.26e12) == pytest.approx(8861, rel=1e-3)
+
+
+def test_summary_divides_by_the_best_official_variant():
+    r = VariantResults()
+    r.add("decode:b1", DecodeVariant("single", "native", True), tok_s=50.0)
+    r.add("decode:b1", DecodeVariant("fused", "native", True), tok_s=70.0)
+    r.add("decode:b16", DecodeVariant("fused", "native", True), tok_s=1000.0, peak_bytes=3)
+    r.add("prefill:2048", PrefillVariant("fused", "k", 128), tok_s=30.0)
+    r.add("prefill:2048", PrefillVariant("fused", "xl", 128), error="SIGSEGV")
+    result = {"shape": "7b", "gpu": "GPU", "torch": "2.x", "prefill_tok_s": {},
+              "decode_weight_bytes": 13.6e9, "state_bytes_per_sequence": 134e6, "copy_bytes_per_s": 4.26e12,
+              "ours": {"prefill": {"2048": {"tok_s": 39.0}}, "decode": {"tok_s": 280.0},
+                       "decode_batches": {"1": {"tok_s": 280.0, "peak_bytes": 1}, "16": {"tok_s": 3000.0}}},
+              "official": {"variants": r.as_dict()}}
+    co.summarize(result, r, [2048], (1, 16))
+    assert result["decode_tok_s"] == {"ours": 280.0, "official": 70.0, "official_variant": "fused/native/compiled"}
+    assert result["ratios"]["decode"] == pytest.approx(4.0)
+    assert result["ratios"]["prefill"]["2048"] == pytest.approx(1.3)
+    assert result["decode_batches"]["16"]["official"] == 1000.0
+    assert result["decode_batches"]["16"]["bound"] == pytest.approx(3810, rel=1e-3)
+    table = co.format_table(result)
+    assert "fused/native/compiled" in table and "crashed: fused/xl/chunk128: SIGSEGV" in table
+    assert "B=16" in table
