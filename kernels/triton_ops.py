@@ -1,4 +1,4 @@
-"""Triton versions of kernels.fused_ops.TorchOps: one kernel per op (CUDA).
+"""Triton versions of kernels.torch_ops.TorchOps: one kernel per op (CUDA).
 
 Same math and the same roundings to the weight dtype as TorchOps; sums may add in another
 order. Imported only where Triton exists (kernels.fused_ops.ops_for decides).
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fused_ops import TorchOps
+from kernels.torch_ops import TorchOps
 from kernels.mlstm import EPS
 
 
