@@ -104,28 +104,31 @@ def set_backend(model, **changes) -> dict:
 
 _PROBE_SCRIPT = """
 import sys, torch
-from mlstm_kernels.torch import get_mlstm_kernel
-fn = get_mlstm_kernel(sys.argv[1])
+from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
+backend = mLSTMBackend(mLSTMBackendConfig(
+    chunkwise_kernel=sys.argv[1], sequence_kernel="native_sequence__native", step_kernel="native",
+    mode="inference", chunk_size=int(sys.argv[2]), return_last_states=True,
+    autocast_kernel_dtype="bfloat16", inference_state_dtype="float32"))
+B, NH, S, DQK, DV = 1, *(int(x) for x in sys.argv[3:7])
 g = torch.Generator(device="cuda").manual_seed(0)
-B, NH, S, DQK, DV = 1, 2, 512, int(sys.argv[3]), int(sys.argv[4])
 q, k = (torch.randn(B, NH, S, DQK, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
 v = torch.randn(B, NH, S, DV, device="cuda", generator=g, dtype=torch.bfloat16)
-i, f = (torch.randn(B, NH, S, device="cuda", generator=g) for _ in range(2))
-h = fn(q=q, k=k, v=v, i=i, f=f, chunk_size=int(sys.argv[2]), return_last_states=True)[0]
+i, f = (torch.randn(B, NH, S, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+h = backend(q, k, v, i, f)[0]
 torch.cuda.synchronize()
 assert torch.isfinite(h.float()).all(), "non-finite output"
 print("ok")
 """
 
 
-def probe_chunkwise_kernels(pairs, head_dims: tuple[int, int]) -> dict:
-    """{(kernel name, chunk size): None when the official prefill kernel runs on small
-    inputs with the model's head dims in a child process, else why not (its error, or
+def probe_chunkwise_kernels(cases, num_heads: int, head_dims: tuple[int, int]) -> dict:
+    """{(kernel name, chunk size, length): None when the official prefill kernel runs on
+    inputs of the model's shape (batch 1) in a child process, else why not (its error, or
     how the child died)}. The children run at once."""
-    procs = {pair: subprocess.Popen([sys.executable, "-c", _PROBE_SCRIPT, pair[0], str(pair[1]),
-                                     str(head_dims[0]), str(head_dims[1])],
+    procs = {pair: subprocess.Popen([sys.executable, "-c", _PROBE_SCRIPT, pair[0], str(pair[1]), str(num_heads),
+                                     str(pair[2]), str(head_dims[0]), str(head_dims[1])],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-             for pair in pairs}
+             for pair in cases}
     deadline = time.monotonic() + PROBE_TIMEOUT_S
     out = {}
     for pair, proc in procs.items():
@@ -156,11 +159,13 @@ def measure_prefill(model, vocab: int, length: int, repeats: int, seed: int, dev
 
 
 def measure_decode(model, vocab: int, *, batch: int = 1, prompt_len: int, new_tokens: int, repeats: int,
-                   seed: int, device, compiled: bool = False) -> dict:
+                   seed: int, device, compiled: bool = False, forward=None) -> dict:
     """Greedy decode tok/s (all sequences of the batch counted) after a prompt; the
-    compiled form is torch.compile(mode='reduce-overhead'), compiled in the warm-up."""
+    compiled form is torch.compile(mode='reduce-overhead') (or `forward`, one already
+    compiled), compiled in the warm-up."""
     prompt = tokens(vocab, batch, prompt_len, seed, device)
-    forward = torch.compile(model, mode="reduce-overhead") if compiled else model
+    if forward is None:
+        forward = torch.compile(model, mode="reduce-overhead") if compiled else model
     samples = []
     with torch.no_grad():
         logits, state = model(prompt)
@@ -203,19 +208,19 @@ def measure_official(config, plan, *, contexts, repeats: int, decode_prompt: int
 
     vocab = config.vocab_size
     head_dims = (config.qk_dim // config.num_heads, config.v_dim // config.num_heads)
-    pairs = [(k, c) for k in plan.chunkwise_kernels for c in plan.chunk_sizes]
-    progress(f"official: probing {len(pairs)} prefill kernel/chunk pairs in child processes")
-    probes = probe_chunkwise_kernels(pairs, head_dims)
+    cases = [(k, c, L) for k in plan.chunkwise_kernels for c in plan.chunk_sizes for L in contexts]
+    progress(f"official: probing {len(cases)} prefill kernel/chunk/length cases in child processes")
+    probes = probe_chunkwise_kernels(cases, config.num_heads, head_dims)
     decodes = decode_grid(plan.weight_modes, plan.step_kernels, plan.compiled_step_kernels)
     for weight_mode in plan.weight_modes:
         progress(f"official: building xLSTMLarge weight_mode={weight_mode} (bf16, random weights)")
-        model = build_official(config, weight_mode=weight_mode, chunkwise_kernel=pairs[0][0],
-                               chunk_size=pairs[0][1], step_kernel=plan.step_kernels[0],
+        model = build_official(config, weight_mode=weight_mode, chunkwise_kernel=cases[0][0],
+                               chunk_size=cases[0][1], step_kernel=plan.step_kernels[0],
                                sequence_kernel=plan.sequence_kernel, seed=seed, device=device)
         runnable = None
         for variant in prefill_grid([weight_mode], plan.chunkwise_kernels, plan.chunk_sizes):
-            why = probes[(variant.chunkwise_kernel, variant.chunk_size)]
             for L in contexts:
+                why = probes[(variant.chunkwise_kernel, variant.chunk_size, L)]
                 if why is not None:
                     results.add(f"prefill:{L}", variant, error=f"probe: {why}")
                     continue
@@ -244,16 +249,19 @@ def measure_official(config, plan, *, contexts, repeats: int, decode_prompt: int
 def measure_official_batches(config, variant, prefill_settings: dict, *, batches, repeats: int, decode_prompt: int,
                              new_tokens: int, seed: int, device, sequence_kernel: str, results, progress,
                              checkpoint) -> None:
-    """Decode of the official `variant` (a DecodeVariant, its best at batch 1) at each batch."""
+    """Decode of the official `variant` (a DecodeVariant, its best at batch 1) at each batch,
+    through one compiled forward when compiled (torch marks the batch dynamic after the
+    second size, so later sizes reuse its graph)."""
     model = build_official(config, weight_mode=variant.weight_mode, step_kernel=variant.step_kernel,
                            sequence_kernel=sequence_kernel, seed=seed, device=device, **prefill_settings)
+    forward = torch.compile(model, mode="reduce-overhead") if variant.compiled else model
     for batch in batches:
         progress(f"official: decode batch {batch} {variant.name}")
         results.measure(f"decode:b{batch}", variant, lambda: measure_decode(
             model, config.vocab_size, batch=batch, prompt_len=decode_prompt, new_tokens=new_tokens,
-            repeats=repeats, seed=seed, device=device, compiled=variant.compiled),
-            on_error=lambda exc: reset_compiled())
-        reset_compiled()
+            repeats=repeats, seed=seed, device=device, forward=forward), on_error=lambda exc: free())
         checkpoint()
+    del forward
+    reset_compiled()
     del model
     free()

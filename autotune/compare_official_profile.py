@@ -18,7 +18,9 @@ import json
 import re
 import statistics
 import sys
+import time
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -53,41 +55,54 @@ def _forward(fast, toks, runner, rf):
 
 
 def _kernels(prof):
-    """(kernel name, µs, stage) for every GPU kernel in the profile."""
-    out = []
-    for ev in prof.events():
-        stage = None
-        node = ev
-        while node is not None:
-            if node.name.startswith("stage:"):
-                stage = node.name[6:]
-                break
-            node = node.cpu_parent
-        for k in ev.kernels:
-            out.append((k.name, k.duration, stage))
-    return out
+    """(kernel name, µs) of every GPU kernel and copy in the profile."""
+    device = [(ev.name, ev.time_range.elapsed_us()) for ev in prof.events()
+              if ev.device_type == torch.autograd.DeviceType.CUDA]
+    return device or [(k.name, k.duration) for ev in prof.events() for k in ev.kernels]
 
 
-def _summarize(kernels, wall_s: float, top: int = 25) -> dict:
-    by_stage = defaultdict(lambda: defaultdict(float))
+class StageTimer:
+    """Device time of each named stage, from CUDA events around it (kernels plus the gaps
+    between them while the stage runs)."""
+
+    def __init__(self):
+        self.marks = []
+
+    @contextmanager
+    def __call__(self, name: str):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.marks.append((name[6:], start, end))
+
+    def totals_ms(self) -> dict:
+        torch.cuda.synchronize()
+        out = defaultdict(float)
+        for name, start, end in self.marks:
+            out[name] += start.elapsed_time(end)
+        return dict(out)
+
+
+def _summarize(kernels, wall_s: float, top: int = 25, per: int = 1) -> dict:
+    """kernels: (name, µs) over `per` repetitions of the measured work."""
     by_name = defaultdict(lambda: [0, 0.0])
-    for name, us, stage in kernels:
-        by_stage[stage or "unstaged"][kernel_class(name)] += us / 1e3
+    for name, us in kernels:
         by_name[name][0] += 1
-        by_name[name][1] += us / 1e3
-    busy_ms = sum(us for _, us, _ in kernels) / 1e3
+        by_name[name][1] += us / 1e3 / per
+    busy_ms = sum(ms for _, ms in by_name.values())
+    matmul_ms = sum(ms for n, (_, ms) in by_name.items() if kernel_class(n) == "matmul")
     top_kernels = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
     return {
         "wall_ms": wall_s * 1e3, "kernel_ms": busy_ms, "idle_ms": wall_s * 1e3 - busy_ms,
-        "launches": len(kernels),
-        "matmul_ms": sum(v.get("matmul", 0.0) for v in by_stage.values()),
-        "stages_ms": {s: dict(v) for s, v in by_stage.items()},
-        "top_kernels": [{"name": n[:120], "calls": c, "ms": ms, "class": kernel_class(n)} for n, (c, ms) in top_kernels],
+        "launches": len(kernels) // per, "matmul_ms": matmul_ms, "other_kernel_ms": busy_ms - matmul_ms,
+        "top_kernels": [{"name": n[:120], "calls": c // per, "ms": ms, "class": kernel_class(n)}
+                        for n, (c, ms) in top_kernels],
     }
 
 
 def profile_prefill(fast, length: int, repeats: int, seed: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
 
     from autotune.compare_official_model import timed, tokens
     from schedulers import Knobs, make_scheduler
@@ -98,30 +113,63 @@ def profile_prefill(fast, length: int, repeats: int, seed: int) -> dict:
     with make_scheduler("sequential", knobs, device=model.device, dtype=model.dtype) as sched, torch.no_grad():
         fast.forward(toks, None, sched)  # warm-up
         wall = statistics.median(timed(lambda: fast.forward(toks, None, sched), repeats))
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            _forward(fast, toks, sched, record_function)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fast.forward(toks, None, sched)
+        host_s = time.perf_counter() - start  # the host's share: launches queued, no wait
+        torch.cuda.synchronize()
+        stages = StageTimer()
+        _forward(fast, toks, sched, stages)
+        stage_ms = stages.totals_ms()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            _forward(fast, toks, sched, lambda name: nullcontext())
             torch.cuda.synchronize()
     out = _summarize(_kernels(prof), wall)
-    out["tok_s"] = length / wall
+    out.update(tok_s=length / wall, host_ms=host_s * 1e3, stages_ms=stage_ms)
     return out
 
 
+DECODE_SETTINGS = {  # kernels.triton_ops constants tried side by side in the decode graph
+    "as shipped": {},
+    "rows_max_k=16384": {"ROWS_MAX_K": 16384},
+    "step_tile=4096": {"STEP_TILE_ELEMS": 4096},
+    "both": {"ROWS_MAX_K": 16384, "STEP_TILE_ELEMS": 4096},
+}
+
+
 def profile_decode(fast, steps: int, seed: int) -> dict:
+    """The kernels of one decode step (run eagerly, the graph's own kernels), the graph's
+    step time, and the step time under each of DECODE_SETTINGS (built and captured anew)
+    with its largest logit difference from the shipped setting after one step."""
     from torch.profiler import ProfilerActivity, profile
 
     from autotune.compare_official_model import timed, tokens
+    from kernels import triton_ops
     from schedulers import Knobs
     from schedulers.graphs import GraphDecoder, StaticDecoder
 
     model = fast.model
     knobs = Knobs(workers=1, heads_per_band=model.config.num_heads, chunk_size=64, T_inner=64)
     token = tokens(model.config.vocab_size, 1, 1, seed, model.device)
+    shipped = {name: getattr(triton_ops, name) for name in ("ROWS_MAX_K", "STEP_TILE_ELEMS")}
+    settings, reference = {}, None
     with torch.no_grad():
-        graph = GraphDecoder(model, knobs, fast=fast)
-        graph.load_state(None)
-        graph.generate(token, 4)
-        step_s = statistics.median(timed(lambda: graph.generate(token, steps), 3)) / steps
-        del graph
+        for label, values in [*DECODE_SETTINGS.items(), ("as shipped, again", {})]:
+            for name, value in {**shipped, **values}.items():
+                setattr(triton_ops, name, value)
+            graph = GraphDecoder(model, knobs, fast=fast)
+            graph.load_state(None)
+            logits = graph.step(token).clone()
+            reference = logits if reference is None else reference
+            graph.generate(token, 4)
+            step_s = statistics.median(timed(lambda: graph.generate(token, steps), 3)) / steps
+            settings[label] = {"step_ms": step_s * 1e3, "tok_s": 1 / step_s,
+                               "max_abs_logit_diff": (logits - reference).abs().max().item()}
+            print(f"  decode {label:20} {step_s * 1e3:.3f} ms/step  {1 / step_s:7.1f} tok/s  "
+                  f"max |dlogit| {settings[label]['max_abs_logit_diff']:.2e}", flush=True)
+            del graph
+        for name, value in shipped.items():
+            setattr(triton_ops, name, value)
         eager = StaticDecoder(model, knobs, fast=fast)
         eager.load_state(None)
         eager.generate(token, 2)
@@ -129,10 +177,8 @@ def profile_decode(fast, steps: int, seed: int) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             eager.generate(token, steps)
             torch.cuda.synchronize()
-    kernels = [(k.name, k.duration, None) for ev in prof.events() for k in ev.kernels] or \
-        [(ev.name, ev.device_time, None) for ev in prof.events() if ev.device_type == torch.autograd.DeviceType.CUDA]
-    out = _summarize([(n, us / steps, s) for n, us, s in kernels], step_s)
-    out["graph_step_ms"] = step_s * 1e3
+    out = _summarize(_kernels(prof), settings["as shipped"]["step_ms"] / 1e3, per=steps)
+    out["settings"] = settings
     return out
 
 
@@ -172,8 +218,10 @@ def main(argv=None) -> int:
 def format_breakdown(title: str, p: dict) -> str:
     lines = [f"{title}: wall {p['wall_ms']:.2f} ms, kernels {p['kernel_ms']:.2f} ms ({p['launches']} launches), "
              f"matmul {p['matmul_ms']:.2f} ms, idle {p['idle_ms']:.2f} ms"]
-    for stage, v in sorted(p["stages_ms"].items(), key=lambda kv: -sum(kv[1].values())):
-        lines.append(f"  {stage:16} matmul {v.get('matmul', 0.0):9.2f} ms   other {v.get('other', 0.0):9.2f} ms")
+    if "host_ms" in p:
+        lines.append(f"  host time to queue the forward: {p['host_ms']:.2f} ms")
+    for stage, ms in sorted(p.get("stages_ms", {}).items(), key=lambda kv: -kv[1]):
+        lines.append(f"  stage {stage:16} {ms:9.2f} ms")
     for k in p["top_kernels"][:12]:
         lines.append(f"    {k['ms']:9.2f} ms {k['calls']:6d}x [{k['class']}] {k['name'][:90]}")
     return "\n".join(lines)

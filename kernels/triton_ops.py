@@ -355,6 +355,11 @@ def _warps(block: int) -> int:
     return 4 if block <= 1024 else 8 if block <= 4096 else 16
 
 
+# Elements of C one decode-step program updates (BLOCK_QK x BLOCK_V): smaller tiles give
+# more programs per head.
+STEP_TILE_ELEMS = 8192
+
+
 class TritonOps(TorchOps):
     name = "triton"
     # Set when a fused GEMV kernel failed to build or run here: every later call then takes
@@ -464,7 +469,7 @@ class TritonOps(TorchOps):
             if t.stride(-1) != 1:
                 raise ValueError(f"mlstm_step_into needs a unit last stride for {name}")
         block_qk = triton.next_power_of_2(DHQK)
-        block_v = min(triton.next_power_of_2(DHV), max(16, 8192 // block_qk))
+        block_v = min(triton.next_power_of_2(DHV), max(16, STEP_TILE_ELEMS // block_qk))
         grid = (B * nh, triton.cdiv(DHV, block_v))
         _mlstm_step_kernel[grid](
             q, k, v, i_pre, f_pre, C, n_in, m_in, n_out, m_out, h_out, nh,

@@ -36,9 +36,10 @@ def test_kernel_classes_and_summary():
     assert prof.kernel_class("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
     assert prof.kernel_class("_gemv_rows_kernel") == "matmul"
     assert prof.kernel_class("_rms_norm_kernel") == "other"
-    kernels = [("nvjet_a", 600.0, "ffn.up"), ("_rms_norm_kernel", 100.0, "ffn.up"), ("_chunk_outputs", 300.0, "mlstm.cell")]
-    s = prof._summarize(kernels, wall_s=0.0012)
-    assert s["kernel_ms"] == 1.0 and abs(s["idle_ms"] - 0.2) < 1e-9 and s["matmul_ms"] == 0.6
-    assert s["stages_ms"]["ffn.up"] == {"matmul": 0.6, "other": 0.1} and s["launches"] == 3
-    assert s["top_kernels"][0]["name"] == "nvjet_a"
-    assert "ffn.up" in prof.format_breakdown("t", s)
+    kernels = [("nvjet_a", 600.0), ("_rms_norm_kernel", 100.0), ("_chunk_outputs", 300.0), ("nvjet_a", 600.0)]
+    s = prof._summarize(kernels, wall_s=0.0012, per=2)
+    assert s["kernel_ms"] == 0.8 and abs(s["idle_ms"] - 0.4) < 1e-9 and s["matmul_ms"] == 0.6
+    assert s["launches"] == 2 and s["top_kernels"][0] == {"name": "nvjet_a", "calls": 1, "ms": 0.6, "class": "matmul"}
+    s["stages_ms"] = {"ffn.up": 0.7}
+    assert "stage ffn.up" in prof.format_breakdown("t", s)
+
