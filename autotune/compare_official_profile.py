@@ -101,7 +101,7 @@ def _summarize(kernels, wall_s: float, top: int = 25, per: int = 1) -> dict:
     }
 
 
-def profile_prefill(fast, length: int, repeats: int, seed: int) -> dict:
+def profile_prefill(fast, length: int, repeats: int, seed: int, graph_max: int = 8192) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from autotune.compare_official_model import timed, tokens
@@ -124,9 +124,36 @@ def profile_prefill(fast, length: int, repeats: int, seed: int) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             _forward(fast, toks, sched, lambda name: nullcontext())
             torch.cuda.synchronize()
-    out = _summarize(_kernels(prof), wall)
-    out.update(tok_s=length / wall, host_ms=host_s * 1e3, stages_ms=stage_ms)
+        out = _summarize(_kernels(prof), wall)
+        out.update(tok_s=length / wall, host_ms=host_s * 1e3, stages_ms=stage_ms)
+        if length <= graph_max:
+            out["graph"] = _graph_prefill(fast, toks, sched, repeats)
     return out
+
+
+def _graph_prefill(fast, toks, sched, repeats: int) -> dict:
+    """The same forward captured once as a CUDA graph and replayed: its time and its
+    largest logit difference from the eager forward (or why capture failed)."""
+    from autotune.compare_official_model import timed
+
+    expected, _ = fast.forward(toks, None, sched)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):
+            fast.forward(toks, None, sched)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits, _ = fast.forward(toks, None, sched)
+    except Exception as exc:  # capture is what is being tried: its failure is the result
+        torch.cuda.synchronize()
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+    graph.replay()
+    diff = (logits - expected).abs().max().item()
+    wall = statistics.median(timed(graph.replay, repeats))
+    del graph
+    return {"wall_ms": wall * 1e3, "tok_s": toks.shape[1] / wall, "max_abs_logit_diff": diff}
 
 
 DECODE_SETTINGS = {  # kernels.triton_ops constants tried side by side in the decode graph
@@ -202,14 +229,18 @@ def main(argv=None) -> int:
     fast = FastModel(model)
     result = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "shape": args.shape,
               "command": "python -m autotune.compare_official_profile " + " ".join(sys.argv[1:]), "prefill": {}}
-    for L in (int(x) for x in args.contexts.split(",") if x.strip()):
-        print(f"[profile] prefill L={L}", file=sys.stderr, flush=True)
-        result["prefill"][str(L)] = p = profile_prefill(fast, L, args.repeats, args.seed)
-        print(format_breakdown(f"prefill L={L}", p), flush=True)
+    # decode first and the longest prompt next: the prefill graph captures (at lengths up
+    # to 8192) come last, so a failed capture cannot spoil the other measurements
     if args.decode_steps:
         print("[profile] decode", file=sys.stderr, flush=True)
         result["decode"] = d = profile_decode(fast, args.decode_steps, args.seed)
         print(format_breakdown("decode step", d), flush=True)
+    for L in sorted((int(x) for x in args.contexts.split(",") if x.strip()), reverse=True):
+        print(f"[profile] prefill L={L}", file=sys.stderr, flush=True)
+        result["prefill"][str(L)] = p = profile_prefill(fast, L, args.repeats, args.seed)
+        print(format_breakdown(f"prefill L={L}", p), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -218,6 +249,8 @@ def main(argv=None) -> int:
 def format_breakdown(title: str, p: dict) -> str:
     lines = [f"{title}: wall {p['wall_ms']:.2f} ms, kernels {p['kernel_ms']:.2f} ms ({p['launches']} launches), "
              f"matmul {p['matmul_ms']:.2f} ms, idle {p['idle_ms']:.2f} ms"]
+    if "graph" in p:
+        lines.append(f"  as one CUDA graph: {p['graph']}")
     if "host_ms" in p:
         lines.append(f"  host time to queue the forward: {p['host_ms']:.2f} ms")
     for stage, ms in sorted(p.get("stages_ms", {}).items(), key=lambda kv: -kv[1]):
