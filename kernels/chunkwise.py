@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.mlstm import EPS, MLSTMState, _compute_dtype, _state_or_zeros, mlstm_block
+from kernels.registry import current_run
 
 SUB_CHUNK = 128
 # Windows shorter than this many sub-chunks run through mlstm_block (one O(S²) matmul
@@ -111,11 +112,12 @@ def _cuda_has(op: str, device: torch.device) -> bool:
     return _PROBE[op]
 
 
-_TRITON = {"failed": None}  # why the Triton kernels could not run here, once they failed
+TRITON_CELL = "chunkwise--triton"
 
 
 def _triton_usable(q, k, v, sub_chunk: int) -> bool:
-    if _TRITON["failed"] is not None or q.device.type != "cuda":
+    # a failure recorded in this run (kernels.registry) rules the kernels out from then on
+    if not current_run().usable(TRITON_CELL) or q.device.type != "cuda":
         return False
     try:
         from kernels import triton_chunkwise
@@ -329,9 +331,10 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
     DHV = v.shape[-1]
     K = S // sub_chunk
     if K == 0:
+        current_run().record("prefill_cell", "block")
         return mlstm_block(q, k, v, i, f, state)
-    if mode is None:
-        mode = choose_method(q, k, v, sub_chunk)
+    if mode is None or (mode == "triton" and not current_run().usable(TRITON_CELL)):
+        mode = choose_method(q, k, v, sub_chunk)  # a kernel that failed in this run is not tried again
     elif mode not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)} or None, got {mode!r}")
     ct = _compute_dtype(v)
@@ -344,16 +347,19 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
         h = torch.empty(B, NH, S, DHV, dtype=v.dtype, device=q.device)
         try:
             out_state = _run_triton(q, k, v, i, f, C0, n0, m0, sub_chunk, h)
-        except Exception as exc:  # a Triton build or launch failure on this GPU: the torch form
-            _TRITON["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-            warnings.warn(f"Triton sub-chunk kernels unavailable ({_TRITON['failed']}); using torch matmuls",
+        except Exception as exc:  # a Triton build or launch failure on this GPU: the torch form, on record
+            why = current_run().fail("prefill_cell", TRITON_CELL, exc,
+                                     fallback=lambda: f"chunkwise--{choose_method(q, k, v, sub_chunk)}")
+            warnings.warn(f"Triton sub-chunk kernels unavailable ({why}); using torch matmuls",
                           RuntimeWarning, stacklevel=3)
             return _run(prepare, q, k, v, i, f, state, sub_chunk, None)
+        current_run().record("prefill_cell", TRITON_CELL, {"sub_chunk": sub_chunk})
         if main < S:
             t = slice(main, S)  # the tail, shorter than one sub-chunk
             h[:, :, t], out_state = mlstm_block(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t],
                                                 out_state)
         return h, out_state
+    current_run().record("prefill_cell", f"chunkwise--{mode}", {"sub_chunk": sub_chunk})
     q_m, k_m, v_aug, D, b, m_start, m_end, g, dCn = prepare(q, k, v, i, f, C0, n0, m0, sub_chunk, mode)
     dhva = dCn.shape[-1]
     Cn0 = torch.cat([C0, n0.unsqueeze(-1), C0.new_zeros(B, NH, DHQK, dhva - DHV - 1)], dim=-1)

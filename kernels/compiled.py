@@ -26,6 +26,7 @@ import torch
 from kernels.device import resolve_device
 from kernels.chunkwise import compiled_chunkwise, mlstm_chunkwise, uses_sub_chunks
 from kernels.mlstm import mlstm_block, mlstm_step
+from kernels.registry import current_run
 
 # Enough specialisations for every (shape, T_inner) a tuning run visits in one process.
 RECOMPILE_LIMIT = 256
@@ -139,6 +140,8 @@ class _Wrapper:
         S = 1 if self.kind == "mlstm_step" else q.shape[2]
         self._check(q, v, S)
         kernel, kind = self.kernel_for(S)
+        if kind == "mlstm_block":
+            current_run().record("prefill_cell", "block")
         key = (kind, tuple(q.shape), tuple(v.shape), state is None, self.dtype, str(self.device),
                self.T_inner, self.compile)  # fmt: skip
         fn, created = _lookup(key, kernel, self.compile)

@@ -15,6 +15,7 @@ import triton.language as tl
 
 from kernels.torch_ops import TorchOps
 from kernels.mlstm import EPS
+from kernels.registry import current_run
 
 
 @triton.jit
@@ -360,21 +361,28 @@ def _warps(block: int) -> int:
 STEP_TILE_ELEMS = 8192
 
 
+GEMV_KERNEL = "triton-gemv"
+
+
 class TritonOps(TorchOps):
     name = "triton"
-    # Set when a fused GEMV kernel failed to build or run here: every later call then takes
-    # the composed path (elementwise kernel + cuBLAS), which computes the same function.
-    gemv_unavailable: str | None = None
 
     @classmethod
     def _fused(cls, run, fallback):
-        if cls.gemv_unavailable is None:
+        # A fused GEMV that failed to build or run here is ruled out for the rest of the run
+        # (kernels.registry): later calls take the composed path (elementwise kernel +
+        # cuBLAS), which computes the same function; the fallback is on the run's record.
+        kernels = current_run()
+        if kernels.usable(GEMV_KERNEL):
             try:
-                return run()
+                out = run()
             except Exception as exc:  # a Triton build or launch failure on this GPU
-                TritonOps.gemv_unavailable = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                warnings.warn(f"fused GEMV kernels unavailable ({TritonOps.gemv_unavailable}); "
-                              "using the composed ops", RuntimeWarning, stacklevel=3)
+                why = kernels.fail("ops", GEMV_KERNEL, exc, fallback="triton (composed: elementwise + cuBLAS)")
+                warnings.warn(f"fused GEMV kernels unavailable ({why}); using the composed ops",
+                              RuntimeWarning, stacklevel=3)
+            else:
+                kernels.record("ops", "triton", {"rows_max_k": ROWS_MAX_K, "step_tile": STEP_TILE_ELEMS})
+                return out
         return fallback()
 
     @staticmethod

@@ -258,9 +258,10 @@ def section_light(res):
                                                 "n": rel(s[1], s_ref[1]),
                                                 "m_abs": (s[2].double() - s_ref[2]).abs().max().item()}
     import kernels.chunkwise as ck
+    from kernels.registry import what_ran
 
     out["auto_method_bf16_cuda"] = ck.choose_method(*xb[:3])
-    out["triton_failed"] = ck._TRITON["failed"]
+    out["triton_failed"] = what_ran()["fallback"]
     res["light"] = out
 
 
@@ -269,6 +270,7 @@ def section_exact(res):
     the same bf16 inputs (with an incoming state; with and without a tail)."""
     from kernels import mlstm_sequence
     import kernels.chunkwise as ck
+    from kernels.registry import what_ran
 
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(11)
@@ -297,10 +299,7 @@ def section_exact(res):
             row[method]["C_rel_vs_fp32"] = rel(results[method][1][0], results["fp32"][1][0])
         out[f"S{S}"] = row
         log("exact", S, json.dumps(row)[:400])
-    out["triton_failed"] = ck._TRITON["failed"]
-    from kernels.triton_ops import TritonOps
-
-    out["gemv_unavailable"] = TritonOps.gemv_unavailable
+    out["fallbacks"] = what_ran()["fallbacks"]
     res["exact"] = out
 
 
