@@ -280,6 +280,7 @@ def run(args) -> int:
 
     # -- ours
     from kernels.fastpath import FastModel
+    from kernels.registry import what_ran
 
     _progress(f"ours: building {args.shape} (bf16, random weights) on {result['gpu']}")
     model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=args.seed)
@@ -306,6 +307,7 @@ def run(args) -> int:
         checkpoint()
     if "1" in result["ours"]["decode_batches"]:
         result["ours"]["decode"] = result["ours"]["decode_batches"]["1"]
+    result["ours"]["kernels"] = what_ran()  # the kernels and parameters that ran, any fallback
     del fast, model
     free()
 
