@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from autotune.cli import UserError
-from autotune.compare_official_model import free, official_modules, sync, timed, tokens
+from autotune.compare_official_model import free, measure_copy_bandwidth, official_modules, sync, timed, tokens
 from autotune.compare_official_variants import DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
@@ -74,7 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-compiled-step-kernels", type=_csv(str), default=plan.compiled_step_kernels,
                         help="step kernels also timed under torch.compile(mode='reduce-overhead') "
                              "(empty: no compiled decode)")
+    parser.add_argument("--official-compiled-weight-modes", type=_csv(str),
+                        help="weight modes whose decode is also timed compiled (default: all)")
     parser.add_argument("--official-sequence-kernel", default=plan.sequence_kernel)
+    parser.add_argument("--skip-official-batches", action="store_true",
+                        help="decode batches above 1 for ours only")
     parser.add_argument("--skip-official", action="store_true", help="measure ours only")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -162,17 +166,6 @@ def measure_ours_decode(fast, knobs: dict, *, batch: int = 1, prompt_len: int, n
             "expected_counters": expected}
 
 
-def measure_copy_bandwidth(device, nbytes: int = 4 << 30, repeats: int = 10) -> float:
-    """Device-to-device copy bandwidth in bytes/s, bytes read plus bytes written (median)."""
-    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device).random_(0, 256)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    samples = timed(lambda: dst.copy_(src), repeats)
-    del src, dst
-    free()
-    return nbytes / statistics.median(samples)
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -249,7 +242,8 @@ def run(args) -> int:
     contexts = _validate(args)
     plan = OfficialPlan(tuple(args.official_weight_modes), tuple(args.official_chunkwise_kernels),
                         tuple(args.official_chunk_sizes), tuple(args.official_step_kernels),
-                        tuple(args.official_compiled_step_kernels), args.official_sequence_kernel)
+                        tuple(args.official_compiled_step_kernels), args.official_sequence_kernel,
+                        tuple(args.official_compiled_weight_modes or args.official_weight_modes))
     device = torch.device("cuda", torch.cuda.current_device())
     result: dict = {
         "gpu": torch.cuda.get_device_name(device),
@@ -320,7 +314,7 @@ def run(args) -> int:
                          new_tokens=new_tokens, seed=args.seed, device=device, results=results,
                          progress=_progress, checkpoint=checkpoint)
         best = results.best("decode:b1")
-        batches = [b for b in args.decode_batches if b != 1]
+        batches = [] if args.skip_official_batches else [b for b in args.decode_batches if b != 1]
         prefill_best = results.best(f"prefill:{contexts[0]}")
         if best and batches and prefill_best:
             settings = prefill_best["settings"]

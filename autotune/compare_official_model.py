@@ -193,6 +193,17 @@ def measure_decode(model, vocab: int, *, batch: int = 1, prompt_len: int, new_to
             "warmup_s": warmup_s, "peak_bytes": peak}
 
 
+def measure_copy_bandwidth(device, nbytes: int = 4 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth in bytes/s, bytes read plus bytes written (median)."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device=device).random_(0, 256)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    samples = timed(lambda: dst.copy_(src), repeats)
+    del src, dst
+    free()
+    return nbytes / statistics.median(samples)
+
+
 def reset_compiled() -> None:
     """Drop compiled graphs (and the CUDA graph pools holding their memory)."""
     torch._dynamo.reset()
@@ -211,7 +222,8 @@ def measure_official(config, plan, *, contexts, repeats: int, decode_prompt: int
     cases = [(k, c, L) for k in plan.chunkwise_kernels for c in plan.chunk_sizes for L in contexts]
     progress(f"official: probing {len(cases)} prefill kernel/chunk/length cases in child processes")
     probes = probe_chunkwise_kernels(cases, config.num_heads, head_dims)
-    decodes = decode_grid(plan.weight_modes, plan.step_kernels, plan.compiled_step_kernels)
+    decodes = decode_grid(plan.weight_modes, plan.step_kernels, plan.compiled_step_kernels,
+                          plan.compiled_weight_modes)
     for weight_mode in plan.weight_modes:
         progress(f"official: building xLSTMLarge weight_mode={weight_mode} (bf16, random weights)")
         model = build_official(config, weight_mode=weight_mode, chunkwise_kernel=cases[0][0],

@@ -40,11 +40,13 @@ def prefill_grid(weight_modes, chunkwise_kernels, chunk_sizes) -> list[PrefillVa
     return [PrefillVariant(w, k, c) for w, k, c in product(weight_modes, chunkwise_kernels, chunk_sizes)]
 
 
-def decode_grid(weight_modes, step_kernels, compiled_step_kernels) -> list[DecodeVariant]:
+def decode_grid(weight_modes, step_kernels, compiled_step_kernels, compiled_weight_modes=None) -> list[DecodeVariant]:
     """Eager decode for every step kernel; compiled decode (the costly one to build) only
-    for the step kernels named in compiled_step_kernels."""
+    for the step kernels in compiled_step_kernels and the weight modes in
+    compiled_weight_modes (default: all)."""
     eager = [DecodeVariant(w, s, False) for w, s in product(weight_modes, step_kernels)]
-    return eager + [DecodeVariant(w, s, True) for w, s in product(weight_modes, compiled_step_kernels)]
+    modes = [w for w in weight_modes if compiled_weight_modes is None or w in compiled_weight_modes]
+    return eager + [DecodeVariant(w, s, True) for w, s in product(modes, compiled_step_kernels)]
 
 
 def describe_error(exc: BaseException) -> str:
@@ -127,3 +129,4 @@ class OfficialPlan:
     step_kernels: tuple[str, ...] = ("native", "triton")
     compiled_step_kernels: tuple[str, ...] = ("native",)
     sequence_kernel: str = "native_sequence__native"
+    compiled_weight_modes: tuple[str, ...] | None = None  # None: every weight mode

@@ -18,6 +18,8 @@ def test_grids_cover_every_combination():
     assert [v.name for v in decode] == ["fused/native/eager", "fused/triton/eager", "single/native/eager",
                                         "single/triton/eager", "fused/native/compiled", "single/native/compiled"]
     assert decode_grid(["fused"], ["native"], []) == [DecodeVariant("fused", "native", False)]
+    only_fused = decode_grid(plan.weight_modes, plan.step_kernels, ["native"], ["fused"])
+    assert [v.name for v in only_fused if v.compiled] == ["fused/native/compiled"] and len(only_fused) == 5
 
 
 def test_best_is_the_fastest_that_ran_and_crashes_are_listed_once():
