@@ -34,12 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from kernels.mlstm import EPS, MLSTMState, _compute_dtype, _state_or_zeros, mlstm_block
-from kernels.registry import current_run
+from kernels.registry import DEFAULT_SUB_CHUNK, MIN_SUB_CHUNKS, current_run
 
-SUB_CHUNK = 128
-# Windows shorter than this many sub-chunks run through mlstm_block (one O(S²) matmul
-# form is cheaper than a scan of one or two steps).
-MIN_SUB_CHUNKS = 2
+SUB_CHUNK = DEFAULT_SUB_CHUNK
 
 
 def uses_sub_chunks(seq_len: int, sub_chunk: int = SUB_CHUNK) -> bool:

@@ -63,14 +63,21 @@ class KernelSpec:
 
 
 SUB_CHUNKS = (32, 64, 128, 256)  # powers of two >= 16: the Triton kernels need them
+DEFAULT_SUB_CHUNK = 128
+# Windows shorter than this many sub-chunks run through mlstm_block (one O(S²) matmul
+# form is cheaper than a scan of one or two steps).
+MIN_SUB_CHUNKS = 2
 STEP_TILES = (2048, 4096, 8192, 16384)
+DEFAULT_STEP_TILE = 8192
 ROWS_MAX_KS = (4096, 8192, 16384)
+DEFAULT_ROWS_MAX_K = 4096
 
 
 def _sub_chunk_fits(params: dict, shape: dict) -> str | None:
     seq = shape.get("seq_len")
-    if seq is not None and seq < 2 * params["sub_chunk"]:
-        return f"sub_chunk {params['sub_chunk']} needs a window of at least {2 * params['sub_chunk']} steps, got {seq}"
+    least = MIN_SUB_CHUNKS * params["sub_chunk"]
+    if seq is not None and seq < least:
+        return f"sub_chunk {params['sub_chunk']} needs a window of at least {least} steps, got {seq}"
     return None
 
 
@@ -82,15 +89,15 @@ def _step_tile_fits(params: dict, shape: dict) -> str | None:
 
 
 _SPECS = (
-    KernelSpec("prefill_cell", "chunkwise--triton", (Param("sub_chunk", SUB_CHUNKS, 128),), _sub_chunk_fits,
+    KernelSpec("prefill_cell", "chunkwise--triton", (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK),), _sub_chunk_fits,
                "fused Triton sub-chunk kernels (bf16 q, k, v on CUDA; power-of-two sub_chunk >= 16)"),
-    KernelSpec("prefill_cell", "chunkwise--split", (Param("sub_chunk", SUB_CHUNKS, 128),), _sub_chunk_fits,
+    KernelSpec("prefill_cell", "chunkwise--split", (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK),), _sub_chunk_fits,
                "torch, three-term bf16 tensor-core matmuls"),
-    KernelSpec("prefill_cell", "chunkwise--fp32", (Param("sub_chunk", SUB_CHUNKS, 128),), _sub_chunk_fits,
+    KernelSpec("prefill_cell", "chunkwise--fp32", (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK),), _sub_chunk_fits,
                "torch, fp32 matmuls"),
     KernelSpec("prefill_cell", "block", (), None, "mlstm_block: one O(S^2) matmul form per window"),
     KernelSpec("ops", "torch", (), None, "plain torch elementwise stages, cuBLAS matmuls"),
-    KernelSpec("ops", "triton", (Param("rows_max_k", ROWS_MAX_KS, 4096), Param("step_tile", STEP_TILES, 8192)),
+    KernelSpec("ops", "triton", (Param("rows_max_k", ROWS_MAX_KS, DEFAULT_ROWS_MAX_K), Param("step_tile", STEP_TILES, DEFAULT_STEP_TILE)),
                _step_tile_fits, "one Triton kernel per stage; decode GEMVs with the stage fused in"),
     KernelSpec("decode", "graph", (), None, "the whole step as one CUDA graph"),
     KernelSpec("decode", "eager", (), None, "the step through the scheduler, eagerly"),

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from kernels.torch_ops import TorchOps
 from kernels.mlstm import EPS
-from kernels.registry import current_run
+from kernels.registry import DEFAULT_ROWS_MAX_K, DEFAULT_STEP_TILE, current_run
 
 
 @triton.jit
@@ -241,7 +241,7 @@ def _gemv_rows_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, 
 
 
 # The persistent form holds the whole input in registers: used up to this width.
-ROWS_MAX_K = 4096
+ROWS_MAX_K = DEFAULT_ROWS_MAX_K
 # (BLOCK_N, warps, stages, programs per SM)
 ROWS_TILES = [(2, 4, 3, 4), (1, 4, 4, 4), (4, 8, 3, 2), (2, 8, 4, 2), (1, 4, 3, 8), (4, 4, 2, 4)]
 _SM_COUNT: dict = {}
@@ -358,7 +358,7 @@ def _warps(block: int) -> int:
 
 # Elements of C one decode-step program updates (BLOCK_QK x BLOCK_V): smaller tiles give
 # more programs per head.
-STEP_TILE_ELEMS = 8192
+STEP_TILE_ELEMS = DEFAULT_STEP_TILE
 
 
 GEMV_KERNEL = "triton-gemv"

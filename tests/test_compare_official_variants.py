@@ -92,3 +92,17 @@ def test_summary_divides_by_the_best_official_variant():
     table = co.format_table(result)
     assert "fused/native/compiled" in table and "crashed: fused/xl/chunk128: SIGSEGV" in table
     assert "B=16" in table
+
+
+def test_a_probe_child_that_fails_or_dies_becomes_a_reason(monkeypatch):
+    from autotune import compare_official_model as com
+
+    # a child that cannot run the kernel (here: any failure of the probe script) is a
+    # reason string, never an exception in the parent
+    monkeypatch.setattr(com, "_PROBE_SCRIPT", "import sys; sys.stderr.write('boom\\nRuntimeError: no GPU\\n'); sys.exit(3)")
+    out = com.probe_chunkwise_kernels([("k", 64, 2048), ("k", 128, 2048)], 8, (256, 512))
+    assert out == {("k", 64, 2048): "exit code 3: RuntimeError: no GPU", ("k", 128, 2048): "exit code 3: RuntimeError: no GPU"}
+    monkeypatch.setattr(com, "_PROBE_SCRIPT", "import os, signal; os.kill(os.getpid(), signal.SIGABRT)")
+    assert com.probe_chunkwise_kernels([("k", 64, 2048)], 8, (256, 512))[("k", 64, 2048)].startswith("killed by signal 6")
+    monkeypatch.setattr(com, "_PROBE_SCRIPT", "print('ok')")
+    assert com.probe_chunkwise_kernels([("k", 64, 2048)], 8, (256, 512)) == {("k", 64, 2048): None}
