@@ -118,7 +118,10 @@ def _triton_usable(q, k, v, sub_chunk: int) -> bool:
         return False
     try:
         from kernels import triton_chunkwise
-    except ImportError:
+    except ImportError as exc:  # on CUDA the Triton kernels were the choice: on record
+        if q.dtype == k.dtype == v.dtype == torch.bfloat16:
+            current_run().fail("prefill_cell", TRITON_CELL, exc,
+                               fallback=lambda: f"chunkwise--{choose_method(q, k, v, sub_chunk)}")
         return False
     return triton_chunkwise.usable(q, k, v, sub_chunk)
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from kernels.fused_ops import ops_for
 from kernels.model import XLSTM
+from kernels.registry import current_run
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class FastModel:
         self.model = model
         self.config = config = model.config
         self.ops = ops if ops is not None else ops_for(model.device)
+        current_run().record("ops", self.ops.name)
         self.layout = ProjectionLayout(config.qk_dim, config.v_dim, config.num_heads)
         self.in_proj: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.up_proj: dict[int, torch.Tensor] = {}

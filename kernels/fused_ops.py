@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.registry import current_run
 from kernels.torch_ops import TorchOps
 
 __all__ = ["TorchOps", "ops_for", "triton_available"]
@@ -53,6 +54,7 @@ def ops_for(device: torch.device | str, *, prefer: str = "auto"):
     if reason is not None:
         if prefer == "triton":
             raise ValueError(f"Triton ops unavailable: {reason}")
+        current_run().fail("ops", "triton", reason, fallback="torch")  # on CUDA: a fallback, on record
         return TorchOps
     from kernels.triton_ops import TritonOps
 

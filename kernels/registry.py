@@ -130,11 +130,17 @@ class KernelRun:
     def usable(self, name: str) -> bool:
         return name not in self.failed
 
-    def fail(self, family: str, name: str, exc: BaseException, fallback: str | Callable[[], str]) -> str:
-        """Record that `name` failed here and `fallback` (a name, or a function naming the
-        kernel chosen once `name` is ruled out) runs in its place; returns why."""
-        text = str(exc).strip().splitlines()
-        why = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+    def fail(self, family: str, name: str, exc: BaseException | str, fallback: str | Callable[[], str]) -> str:
+        """Record that `name` cannot run here (an exception, or why not) and `fallback` (a
+        name, or a function naming the kernel chosen once `name` is ruled out) runs in its
+        place; returns why. Recorded once per kernel."""
+        if isinstance(exc, BaseException):
+            text = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+        else:
+            why = exc
+        if name in self.failed:
+            return self.failed[name]
         self.failed[name] = why
         if callable(fallback):
             fallback = fallback()

@@ -75,3 +75,21 @@ def test_short_windows_record_the_block_kernel():
         compiled_block(64, device="cpu", dtype=torch.bfloat16, compile=False)(*x)
         ck.mlstm_chunkwise(*_inputs(S=40), sub_chunk=64)
     assert what_ran(run)["prefill_cell"] == {"kernels": {"block": {}}, "last": "block"}
+
+
+def test_cuda_without_triton_falls_back_to_the_torch_ops_on_record(monkeypatch):
+    import kernels.fused_ops as fo
+    from kernels.fastpath import FastModel
+    from kernels import XLSTM, get_config
+
+    monkeypatch.setattr(fo, "triton_available", lambda: "Triton is not importable (forced)")
+    with use_run(KernelRun()) as run:
+        assert fo.ops_for(torch.device("cuda")) is fo.TorchOps
+        fo.ops_for(torch.device("cuda"))  # recorded once
+        FastModel(XLSTM(get_config("tiny"), device="cpu", dtype=torch.float32, seed=0))
+    ran = what_ran(run)
+    assert ran["fallback"] == "triton -> torch: Triton is not importable (forced)" and len(ran["fallbacks"]) == 1
+    assert ran["ops"] == {"kernels": {"torch": {}}, "last": "torch"}
+    with use_run(KernelRun()) as cpu_run:  # on the CPU the torch ops are the choice, not a fallback
+        assert fo.ops_for("cpu") is fo.TorchOps
+    assert what_ran(cpu_run)["fallback"] is None
