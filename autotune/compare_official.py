@@ -216,6 +216,8 @@ def _validate(args) -> list[int]:
     for name in ("new_tokens", "decode_prompt", "repeats"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.official_new_tokens is not None and args.official_new_tokens < 1:
+        raise UserError("--official-new-tokens must be >= 1")
     if not args.decode_batches or min(args.decode_batches) < 1:
         raise UserError("--decode-batches needs positive batch sizes, e.g. 1,16,64")
     if not args.skip_official:
