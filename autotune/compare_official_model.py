@@ -236,21 +236,26 @@ def measure_official(config, plan, *, contexts, repeats: int, decode_prompt: int
                 if why is not None:
                     results.add(f"prefill:{L}", variant, error=f"probe: {why}")
                     continue
-                set_backend(model, chunkwise_kernel=variant.chunkwise_kernel, chunk_size=variant.chunk_size)
                 progress(f"official: prefill L={L} {variant.name}")
-                entry = results.measure(f"prefill:{L}", variant,
-                                        lambda: measure_prefill(model, vocab, L, repeats, seed, device),
-                                        on_error=lambda exc: free())
+
+                def prefill():  # the backend switch inside: an unknown kernel is this variant's error
+                    set_backend(model, chunkwise_kernel=variant.chunkwise_kernel, chunk_size=variant.chunk_size)
+                    return measure_prefill(model, vocab, L, repeats, seed, device)
+
+                entry = results.measure(f"prefill:{L}", variant, prefill, on_error=lambda exc: free())
                 runnable = runnable or ("tok_s" in entry and variant)
             checkpoint()
         if runnable:  # the decode prompt's prefill runs on a kernel that ran
             set_backend(model, chunkwise_kernel=runnable.chunkwise_kernel, chunk_size=runnable.chunk_size)
         for variant in (d for d in decodes if d.weight_mode == weight_mode):
-            set_backend(model, step_kernel=variant.step_kernel)
             progress(f"official: decode {new_tokens} tokens {variant.name}")
-            results.measure("decode:b1", variant, lambda: measure_decode(
-                model, vocab, prompt_len=decode_prompt, new_tokens=new_tokens, repeats=repeats, seed=seed,
-                device=device, compiled=variant.compiled), on_error=lambda exc: reset_compiled())
+
+            def decode():
+                set_backend(model, step_kernel=variant.step_kernel)
+                return measure_decode(model, vocab, prompt_len=decode_prompt, new_tokens=new_tokens,
+                                      repeats=repeats, seed=seed, device=device, compiled=variant.compiled)
+
+            results.measure("decode:b1", variant, decode, on_error=lambda exc: reset_compiled())
             if variant.compiled:
                 reset_compiled()
             checkpoint()

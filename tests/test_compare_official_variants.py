@@ -106,3 +106,41 @@ def test_a_probe_child_that_fails_or_dies_becomes_a_reason(monkeypatch):
     assert com.probe_chunkwise_kernels([("k", 64, 2048)], 8, (256, 512))[("k", 64, 2048)].startswith("killed by signal 6")
     monkeypatch.setattr(com, "_PROBE_SCRIPT", "print('ok')")
     assert com.probe_chunkwise_kernels([("k", 64, 2048)], 8, (256, 512)) == {("k", 64, 2048): None}
+
+
+def test_the_official_grid_is_measured_in_full_without_a_gpu(monkeypatch):
+    """measure_official with the model, the backend switch and the timers faked: every
+    variant gets an entry, a failed probe and a failing switch are crashes, the rest ran."""
+    from autotune import compare_official_model as com
+    from kernels import get_config
+
+    built, speeds = [], {64: 30.0, 128: 27.0}
+    monkeypatch.setattr(com, "probe_chunkwise_kernels",
+                        lambda cases, nh, dims: {c: ("exit code -6: LLVM assertion" if c[0] == "xl" else None)
+                                                 for c in cases})
+    monkeypatch.setattr(com, "build_official", lambda config, **kw: built.append(kw["weight_mode"]) or {"kw": kw})
+
+    def set_backend(model, **changes):
+        if changes.get("step_kernel") == "triton":
+            raise KeyError("Unknown step kernel backend name: triton")
+        model["kw"].update(changes)
+
+    monkeypatch.setattr(com, "set_backend", set_backend)
+    monkeypatch.setattr(com, "measure_prefill", lambda model, vocab, L, *a: {
+        "tok_s": speeds[model["kw"]["chunk_size"]] * (1.1 if model["kw"]["weight_mode"] == "fused" else 1.0)})
+    monkeypatch.setattr(com, "measure_decode", lambda model, vocab, **kw: {"tok_s": 70.0 if kw["compiled"] else 20.0})
+    monkeypatch.setattr(com, "free", lambda: None)
+    monkeypatch.setattr(com, "reset_compiled", lambda: None)
+    results, checkpoints = VariantResults(), []
+    plan = OfficialPlan(chunkwise_kernels=("limit", "xl"), chunk_sizes=(64, 128))
+    com.measure_official(get_config("7b"), plan, contexts=[2048, 8192], repeats=1, decode_prompt=8, new_tokens=4,
+                         seed=0, device="cpu", results=results, progress=lambda text: None,
+                         checkpoint=lambda: checkpoints.append(1))
+    assert built == ["fused", "single"] and checkpoints
+    assert len(results.entries["prefill:2048"]) == 2 * 2 * 2
+    assert results.best("prefill:8192")["variant"] == "fused/limit/chunk64"
+    assert results.best("decode:b1")["variant"] == "fused/native/compiled"
+    crashed = {c["variant"]: c["error"] for c in results.crashed()}
+    assert crashed["fused/xl/chunk64"] == "probe: exit code -6: LLVM assertion"
+    assert crashed["single/triton/eager"] == "KeyError: 'Unknown step kernel backend name: triton'"
+    assert len(results.entries["decode:b1"]) == 6
