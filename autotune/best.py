@@ -72,6 +72,11 @@ def open_storage(url: str):
             )
     try:
         return optuna.storages.RDBStorage(url)
+    except ImportError as exc:  # Optuna's wrapper of the driver's own ImportError
+        from autotune.errors import missing_driver
+
+        module = getattr(exc.__cause__, "name", None) or exc.name
+        raise UserError(missing_driver(redact_url(url), parsed.get_backend_name(), module)) from None
     except Exception as exc:  # driver missing, server down, auth: all user-fixable
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot open the store {redact_url(url)}: {first_line}") from None
@@ -236,39 +241,41 @@ def _config_text(config: dict[str, Any]) -> str:
 
 
 def render_tables(views: list[StudyView]) -> str:
-    """One table per (shape, device, backends, dtype): a row per context length."""
-    from autotune.export import decide, read_confirmation  # what the export would write
+    """One table per (shape, device, backends, dtype): a row per context length saying
+    what `autotune export` writes (speeds: confirmed medians where re-measured), then
+    the search maximum, which no confirmation has vouched for, and the verdict in words."""
+    from autotune.export import confirmed_metrics
+    from autotune.verdict import export_choice, plain_verdict
 
     groups: dict[tuple, list[StudyView]] = {}
     for view in views:
         groups.setdefault((view.key.shape, view.key.device_kind, "+".join(view.key.backends), view.dtype), []).append(view)
-    headers = ["context", "trials", "best", "strategy", "score", "baseline", "prefill tok/s", "decode tok/s", "recall", "config", "default"]
+    headers = ["context", "trials", "export writes", "config", "prefill tok/s", "decode tok/s", "recall",
+               "search max (unconfirmed)"]
     blocks = []
     for (shape, device_kind, backends, dtype), members in groups.items():
-        rows = []
+        rows, verdicts = [], []
         for view in members:
-            best = view.best
             done = f"{len(view.complete)}/{len(view.trials)}"
-            decision = decide(view, allow_unconfirmed=False)
-            default = decision.source if decision else "-"
-            if decision and read_confirmation(view.user_attrs.get("confirmation"))[0] is None:
-                default += " (unconfirmed)"
-            if best is None:
-                rows.append([f"L{view.key.context}", done, "-", "-", "-", "-", "-", "-", "-", "no feasible completed trial", default])
+            chosen, source = export_choice(view)
+            best = view.best
+            search_max = f"{best.value:.3f} #{best.number} {best.user_attrs.get('strategy', '-')}" if best else "-"
+            verdicts.append(f"  L{view.key.context}: {plain_verdict(view.user_attrs.get('confirmation'))}")
+            if chosen is None:
+                rows.append([f"L{view.key.context}", done, "-", "no completed baseline", "-", "-", "-", search_max])
                 continue
-            m = metric_medians(best.user_attrs.get("metrics"))
-            baseline = view.baseline
+            confirmation = view.user_attrs.get("confirmation")
+            m = confirmed_metrics(confirmation, chosen.number) or metric_medians(chosen.user_attrs.get("metrics"))
             rows.append([
-                f"L{view.key.context}", done, f"#{best.number}", str(best.user_attrs.get("strategy", "-")),
-                _fmt(best.value, 3), _fmt(baseline.value if baseline else None, 3), _fmt(m.get("prefill_tok_s")), _fmt(m.get("decode_tok_s")),
-                _fmt(m.get("recall"), 3), _config_text(knobs_of(best)), default,
+                f"L{view.key.context}", done, f"{source} #{chosen.number}", _config_text(knobs_of(chosen)),
+                _fmt(m.get("prefill_tok_s")), _fmt(m.get("decode_tok_s")), _fmt(m.get("recall"), 3), search_max,
             ])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         lines = [f"{shape} on {device_kind}, backend {backends}, {dtype}"]
         lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(lines + ["", "What export writes, and why:"] + verdicts))
     return "\n\n".join(blocks)
 
 
@@ -285,8 +292,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     print(render_tables(views))
     print(
-        "\nscore = w_decode*decode/baseline + w_prefill*prefill/baseline + w_recall*recall (README, \"Tuning\"); "
-        "tok/s are medians of the best trial.\n'default' is what `autotune export` writes for that "
-        "context: 'tuned' (the winner beat the baseline in confirmation) or 'baseline'."
+        "\n'export writes' is the config `autotune export` writes for that context: 'tuned' (it beat the "
+        "baseline beyond noise when re-measured) or 'baseline'; its tok/s are the re-measured medians "
+        "where there are any.\n'search max' is the highest score of the search, a maximum of noisy "
+        "measurements that only confirmation can vouch for.\nscore = w_decode*decode/baseline + "
+        "w_prefill*prefill/baseline + w_recall*recall (README, \"Tuning\")."
     )
     return 0

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from autotune.errors import UserError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("autotune.tune", "run a tuning study from a TOML spec"),
@@ -23,10 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("autotune.replay.cli", "compare strategies on a recorded surface"),
     "compare-official": ("autotune.compare_official", "measure against the official xLSTM kernels"),
 }
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, never as a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:

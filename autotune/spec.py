@@ -272,6 +272,7 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
 
     s = _Reader(path, "space", doc.get("space", {}), KNOBS)
     space = {knob: s.int_list(knob, tuple(DEFAULT_SPACE[knob])) for knob in KNOBS}
+    _check_space(s, space, shape, workload.contexts)
 
     o = _Reader(path, "objective", doc.get("objective", {}), ("w_decode", "w_prefill", "w_recall", "recall_floor"))
     objective = ObjectiveSpec(
@@ -323,6 +324,19 @@ def _check_shape(shape: str, reader: _Reader) -> None:
 
     if shape not in SHAPES:
         raise reader.fail("shape", f"unknown shape {shape!r}; valid shapes: {', '.join(SHAPES)}")
+
+
+def _check_space(reader: _Reader, space: dict[str, tuple[int, ...]], shape: str, contexts: tuple[int, ...]) -> None:
+    """Refuse values written in [space] that no valid config can use (the defaults are
+    meant for every shape and may hold values a small shape cannot use)."""
+    from autotune.space import impossible_values
+    from kernels.model import SHAPES
+
+    for knob, (bad, rule) in impossible_values(space, SHAPES[shape].num_heads, contexts).items():
+        if reader.has(knob):
+            values = ", ".join(map(str, bad))
+            raise reader.fail(knob, f"{values} can never run for shape {shape!r} at contexts "
+                                    f"{', '.join(map(str, contexts))}: {rule}")
 
 
 def load_spec(path: str | Path) -> StudySpec:
