@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
+from autotune.spec import DEFAULT_STORAGE
+
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
 _NAME = re.compile(

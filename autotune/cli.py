@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
+    if name == "tune":
+        from autotune.preflight import tune_refusal
+
+        refusal = tune_refusal(rest)
+        if refusal:
+            print(f"autotune tune: error: {refusal}", file=sys.stderr)
+            return 2
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

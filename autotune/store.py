@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from autotune.cli import UserError
 from autotune.errors import missing_driver
+from autotune.preflight import busy_message, lock_path
 
 SUFFIX_SEP = "~"
 # A RUNNING trial whose heartbeat is older than this is stale on a shared (non-SQLite)
@@ -169,7 +170,7 @@ class WriterLock:
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
-        self.path = db_path.with_name(db_path.name + "-lock")  # beside -journal, -wal
+        self.path = lock_path(db_path)
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
@@ -186,12 +187,7 @@ class WriterLock:
                 pass
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" ({holder})" if holder else ""
-                raise StoreError(
-                    f"another tuner{who} is writing to {self.db_path}; SQLite takes one "
-                    "tuner at a time: wait for it to finish, stop it, or tune into another "
-                    "--storage (several workers need a server database such as PostgreSQL)"
-                ) from None
+                raise StoreError(busy_message(self.db_path, holder)) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)

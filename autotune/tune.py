@@ -120,11 +120,11 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
         say(f"--gpus with device cpu: {len(slots)} benchmarks run side by side on the CPU and slow each other down")
     location = parse_storage_url(options.storage)
     store = redact_url(location.url)
-    say(f"store: {store}")
     lock = WriterLock(location.sqlite_path) if location.sqlite_path is not None else nullcontext()
     results: list[ContextResult] = []
     with lock, StopControl() as stop:
         storage = open_storage(location)
+        say(f"store: {store}")
         locks = NamedLocks.for_storage(storage, shared=not location.is_sqlite)
         start = time.monotonic()
         contexts = spec.workload.contexts
