@@ -256,6 +256,11 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
         backends=m.str_list("backends", ("queued",), BACKENDS),
         compile=m.boolean("compile", False),
     )
+    if "ray" in model.backends:
+        from schedulers.factory import ray_missing
+
+        if ray_missing():
+            raise m.fail("backends", ray_missing())
 
     if "workload" not in doc:
         raise SpecError(f"{path}: missing section [workload] (it needs at least `contexts = [2048]`)")

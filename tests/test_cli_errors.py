@@ -142,3 +142,30 @@ def test_a_tune_names_its_store_first_and_ends_with_what_to_run_next(tmp_path, c
     from optuna_dashboard import get_note
 
     assert verdict in get_note(study)
+
+
+@pytest.fixture
+def without_ray(monkeypatch):
+    """As on an install without the `ray` extra: Ray cannot be found."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+
+
+def test_the_ray_backend_without_ray_names_the_extra(tmp_path, capsys, without_ray):
+    from autotune.bench.config import BenchConfig
+    from autotune.bench.errors import InvalidConfig
+    from schedulers import Knobs, make_scheduler
+
+    extra = "pip install 'xlstm-autotune[ray]'"
+    spec = _write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace('backends = ["queued"]', 'backends = ["queued", "ray"]'))
+    assert main(["tune", "--study", str(spec)]) == 2
+    err = _one_line_error(capsys)
+    assert "[model] backends: the ray backend needs Ray, which is not installed" in err and extra in err
+    with pytest.raises(InvalidConfig, match=r"backend: the ray backend needs Ray.*xlstm-autotune\[ray\]"):
+        BenchConfig.from_dict({"shape": "tiny", "backend": "ray"})
+    with pytest.raises(ValueError, match=r"xlstm-autotune\[ray\]"):
+        make_scheduler("ray", Knobs(workers=1, heads_per_band=4, chunk_size=16, T_inner=16))
+    assert BenchConfig.from_dict({"shape": "tiny", "backend": "queued"}).backend == "queued"
