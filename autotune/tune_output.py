@@ -125,9 +125,12 @@ def next_steps(results: list[ContextResult], *, store: str, selector: str) -> li
         found = (f"Found: a config that beats the baseline beyond noise at "
                  f"{', '.join(f'L{r.context}' for r in confirmed)}"
                  f" ({len(confirmed)} of {plural(len(results), 'context length')}); see the verdicts above.")
-    elif decided:
+    elif any(r.verdict.get("candidates") for r in decided):
         found = ("Found: nothing that beats the baseline beyond noise; the baseline stays the default "
                  "(the verdicts above say how close the best candidates came).")
+    elif decided:
+        found = ("Found: no config scored above the baseline in the search; the baseline stays the "
+                 "default (on this machine, today's default is already the fastest config tried).")
     else:
         found = "No verdict yet: confirmation has not run, so the baseline stays the default."
     commands = [
