@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.best import (
+from autotune.views import (
     KNOBS,
     StudyView,
     add_store_arguments,
@@ -28,7 +28,7 @@ from autotune.best import (
     storage_from_args,
 )
 from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
-from autotune.errors import file_mode, require_folder
+from autotune.errors import UserError, file_mode, require_folder
 from autotune.verdict import plain_verdict, plural
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ def decide(view: StudyView, *, allow_unconfirmed: bool) -> Decision | None:
         why = "no confirmation yet" if beats is None else "the confirmed winner is not in the study"
         return Decision(baseline, "baseline", why)
     return None
+
+
+def export_choice(view: StudyView) -> tuple[Any, str]:
+    """(the trial `autotune export` writes for this study or None, its source:
+    'tuned', 'baseline' or '-')."""
+    decision = decide(view, allow_unconfirmed=False)
+    return (decision.trial, decision.source) if decision else (None, "-")
 
 
 def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -> tuple[dict[str, Any], list[str]]:
@@ -180,7 +187,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
     from autotune.defaults import load_entries
 
     url, keep = storage_from_args(args)

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotune.best import (
+from autotune.views import (
     StudyView,
     add_store_arguments,
     is_feasible,
@@ -28,6 +28,7 @@ from autotune.best import (
     redact_url,
     storage_from_args,
 )
+from autotune.export import confirmed_metrics, export_choice, write_atomic
 from autotune.verdict import plural
 
 DEFAULT_OUT = Path("studies/report.html")
@@ -86,8 +87,6 @@ def history_figure(views: list[StudyView], colours: dict[str, str]):
 
 def _mark_search_max_and_export(fig, view: StudyView, row: int) -> None:
     """Arrows at the search's maximum (unconfirmed) and at the trial export writes."""
-    from autotune.verdict import export_choice
-
     chosen, source = export_choice(view)
     best = view.best
     marks = []
@@ -197,7 +196,7 @@ def importances(view: StudyView, study) -> tuple[dict[str, float] | None, str | 
         except (ValueError, RuntimeError) as exc:
             return None, f"importances unavailable: {exc}"
     if any("too small" in str(w.message) for w in caught):
-        return None, f"{len(complete)} completed trials are too few for importances"
+        return None, f"too few completed trials ({len(complete)}) for importances"
     return dict(result), None
 
 
@@ -226,8 +225,6 @@ def importance_figure(views: list[StudyView]):
 
 def _confirmed_medians(view: StudyView, trial) -> dict[str, float]:
     """A trial's medians: the confirmation's re-measurement where there is one."""
-    from autotune.export import confirmed_metrics
-
     return (confirmed_metrics(view.user_attrs.get("confirmation"), trial.number)
             or metric_medians(trial.user_attrs.get("metrics")))
 
@@ -237,8 +234,6 @@ def throughput_figure(views: list[StudyView]):
     writes, per group; confirmed medians where the configs were re-measured."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
-
-    from autotune.verdict import export_choice
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["prefill tok/s", "decode tok/s"])
     groups: dict[str, list[StudyView]] = {}
@@ -266,7 +261,7 @@ def throughput_figure(views: list[StudyView]):
 
 def summary_table(views: list[StudyView]) -> str:
     """What `autotune export` writes per study, with the verdict in words."""
-    from autotune.verdict import export_choice, plain_verdict
+    from autotune.verdict import plain_verdict
 
     rows, verdicts = [], []
     for view in views:
@@ -320,7 +315,7 @@ def build_report(views: list[StudyView], *, source: str) -> str:
 <style>body{{font-family:sans-serif;margin:1.5em;}} table{{border-collapse:collapse;}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%;}}</style></head>
 <body><h1>xlstm-autotune report</h1>
-<p>Store: {html.escape(source)} &middot; {len(views)} studies &middot; written {stamp}.
+<p>Store: {html.escape(source)} &middot; {plural(len(views), 'study', 'studies')} &middot; written {stamp}.
 Score = w_decode&middot;decode/baseline + w_prefill&middot;prefill/baseline + w_recall&middot;recall
 (README, "Tuning"), so each speed term is 1.0 at the baseline's speed; open markers fell below the recall floor.</p>
 <h2>What <code>autotune export</code> writes</h2>
@@ -339,8 +334,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
-    from autotune.export import write_atomic
+    from autotune.errors import UserError
 
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
@@ -348,6 +342,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     out = Path(args.out)
     write_atomic(out, build_report(views, source=redact_url(url)))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(views)} studies); open it in a browser")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {plural(len(views), 'study', 'studies')}); open it in a browser")
     return 0
 

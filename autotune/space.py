@@ -239,8 +239,10 @@ def _divisors(n: int) -> list[int]:
 
 def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
                       contexts: Sequence[int]) -> dict[str, tuple[list[int], str]]:
-    """Knob values that no valid config can use at any of the contexts, per knob, with
-    the rule they break and the values that would work: {knob: (bad, explanation)}.
+    """Knob values that no valid config can use at any of the contexts, whatever the
+    other knobs, with the rule they break and the values that would work:
+    {knob: (bad, explanation)}. (A `workers` value above the bands of every listed
+    heads_per_band is left alone: it is a choice of lists, not of one value.)
 
     The tuner drops such values when it enumerates the space, so without this check a
     typo like T_inner = [3, 5] would tune the baseline's value only, without a word.
@@ -265,12 +267,6 @@ def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
         fitting = sorted({d for c in chunks for d in _divisors(c)})
         found["T_inner"] = (bad, f"T_inner must divide a chunk_size ({', '.join(map(str, sorted(chunks)))}); "
                                  f"valid values: {', '.join(map(str, fitting))}")
-    usable = [h for h in values["heads_per_band"] if h in heads] or [num_heads]
-    most_bands = num_heads // min(usable)
-    bad = [v for v in values["workers"] if v > most_bands]
-    if bad:
-        found["workers"] = (bad, f"workers must be at most the number of bands, num_heads / heads_per_band "
-                                 f"= {most_bands} at most here")
     return found
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from autotune.best import StudyView
-
 # Study user attr holding the plain-words verdict (the dashboard lists user attrs).
 VERDICT_ATTR = "verdict"
 NO_CONFIRMATION = (
@@ -77,15 +75,6 @@ def plain_verdict(confirmation: Any) -> str:
                   "baseline's too much to rule out noise")
     return (f"The baseline stays the default: {how}the best candidate (trial {winner['trial']}) {change}. "
             f"{_test_words(confirmation, winner, k)}")
-
-
-def export_choice(view: StudyView) -> tuple[Any, str]:
-    """(the trial `autotune export` writes for this study or None, its source:
-    'tuned', 'baseline' or '-')."""
-    from autotune.export import decide
-
-    decision = decide(view, allow_unconfirmed=False)
-    return (decision.trial, decision.source) if decision else (None, "-")
 
 
 def publish(study, confirmation: Any) -> str:

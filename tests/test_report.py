@@ -118,6 +118,7 @@ def test_report_of_an_empty_store_is_an_error(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_report_says_what_export_writes_and_labels_the_search_maximum(tmp_path):
     """The page as a browser shows it: the verdict per study in words, the search
     maximum marked unconfirmed, the exported config marked, and a drawn screenshot."""
