@@ -9,12 +9,12 @@ reading without ever creating one.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.objective import median
 from autotune.spec import DEFAULT_STORAGE
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
@@ -136,15 +136,6 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 def is_feasible(trial) -> bool:
     """Every constraint (the recall floor) is <= 0; a trial without constraints is feasible."""
     return all(value <= 0.0 for value in trial.constraints.values())
-
-
-def median(value: Any) -> float | None:
-    """A metric's median: metrics are numbers or {samples, median, iqr} records."""
-    if isinstance(value, dict):
-        value = value.get("median")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def metric_medians(metrics: Any) -> dict[str, float]:
