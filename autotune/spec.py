@@ -259,8 +259,9 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
     if "ray" in model.backends:
         from schedulers.factory import ray_missing
 
-        if ray_missing():
-            raise m.fail("backends", ray_missing())
+        problem = ray_missing()
+        if problem:
+            raise m.fail("backends", problem)
 
     if "workload" not in doc:
         raise SpecError(f"{path}: missing section [workload] (it needs at least `contexts = [2048]`)")

@@ -30,9 +30,9 @@ from autotune.spec import StudySpec, load_spec
 from autotune.locks import NamedLocks
 from autotune.stop_control import StopControl
 from autotune.store import STALE_AFTER_S, WriterLock, machine_fingerprint, open_storage, parse_storage_url
-from autotune.views import redact_url
 from autotune.tune_output import ContextResult, next_steps, say, summary_lines
 from autotune.verdict import publish
+from autotune.views import redact_url
 from autotune.workers import gpu_slots, parse_gpus
 
 __all__ = ["ContextTuner", "StopControl", "TuneOptions", "add_arguments", "run", "tune"]

@@ -65,8 +65,9 @@ class BenchConfig:
         if backend == "ray":
             from schedulers.factory import ray_missing
 
-            if ray_missing():
-                raise InvalidConfig("backend", ray_missing())
+            problem = ray_missing()
+            if problem:
+                raise InvalidConfig("backend", problem)
         device = _string(values, "device", cls.device)
         if not _DEVICE_RE.match(device):
             raise InvalidConfig("device", f"{device!r} is not a device; use cpu, cuda, cuda:N, mps or auto")
