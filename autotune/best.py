@@ -1,229 +1,25 @@
-"""`autotune best`: the best config per context length, read from the Optuna store.
-
-Also the read side of the store layout that `export` and `report` share: study names
-f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}", the baseline trial (user attr
-baseline: true), feasibility (the 'recall_floor' constraint) and metric medians.
-"""
+"""`autotune best`: what `autotune export` writes per context length, read from the
+Optuna store, beside the search's (unconfirmed) maximum and the verdict in words."""
 
 from __future__ import annotations
 
 import argparse
-import math
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
-# `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
-_NAME = re.compile(
-    r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:~(?P<generation>\d+))?$"
+from autotune.errors import UserError
+from autotune.export import confirmed_metrics, export_choice
+from autotune.verdict import plain_verdict
+from autotune.views import (
+    KNOBS,
+    StudyView,
+    add_store_arguments,
+    knobs_of,
+    load_views,
+    metric_medians,
+    open_storage,
+    redact_url,
+    storage_from_args,
 )
-
-
-@dataclass(frozen=True)
-class StudyKey:
-    """What a study name says: one study per (shape, device kind, backends, context)."""
-
-    shape: str
-    device_kind: str
-    backends: tuple[str, ...]
-    context: int
-    generation: int = 1  # 1 for `name`, N for `name~N`
-
-    @property
-    def family(self) -> tuple:
-        return (self.shape, self.device_kind, self.backends, self.context)
-
-
-def parse_study_name(name: str) -> StudyKey | None:
-    """The parts of a study name written by `autotune tune`; None for other studies."""
-    match = _NAME.match(name)
-    if not match:
-        return None
-    return StudyKey(
-        shape=match["shape"],
-        device_kind=match["device_kind"],
-        backends=tuple(match["backends"].split("+")),
-        context=int(match["context"]),
-        generation=int(match["generation"] or 1),
-    )
-
-
-def open_storage(url: str):
-    """An Optuna RDB storage for `url`; a missing SQLite file is an error, not a new store."""
-    import optuna
-    import sqlalchemy.exc
-    from sqlalchemy.engine import make_url
-
-    from autotune.cli import UserError
-
-    try:
-        parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"--storage {url!r} is not a database URL; use e.g. {DEFAULT_STORAGE}") from None
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or not Path(database).is_file():
-            raise UserError(
-                f"no store at {redact_url(url)} (looked for {Path(database or '?').resolve()}); "
-                "run `autotune tune --study studies/<spec>.toml` first, or pass --storage URL"
-            )
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # driver missing, server down, auth: all user-fixable
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the store {redact_url(url)}: {first_line}") from None
-
-
-@dataclass(frozen=True)
-class StudyFilter:
-    """The studies one spec file owns: its shape, backends, contexts and device kind."""
-
-    shape: str
-    backends: tuple[str, ...]
-    contexts: tuple[int, ...]
-    device_kind: str | None  # None: a spec with device 'auto' matches any device kind
-
-    def __call__(self, key: StudyKey) -> bool:
-        return (
-            key.shape == self.shape
-            and key.backends == self.backends
-            and key.context in self.contexts
-            and (self.device_kind is None or key.device_kind == self.device_kind)
-        )
-
-
-def redact_url(url: str) -> str:
-    """The storage URL without its password, for output that may be shared."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: say nothing about it
-        return "(storage)"
-
-
-def storage_from_args(args: argparse.Namespace) -> tuple[str, StudyFilter | None]:
-    """(storage URL, which studies to keep or None for all) from --storage/--study."""
-    keep = None
-    url = args.storage
-    if getattr(args, "study", None):
-        from autotune.spec import load_spec  # deferred: only --study needs the spec reader
-
-        spec = load_spec(args.study)
-        device = spec.model.device
-        # 'auto' resolves differently per machine, and the store may be shared: match any.
-        kind = None if device == "auto" else device.split(":")[0]
-        keep = StudyFilter(spec.model.shape, tuple(spec.model.backends), tuple(spec.workload.contexts), kind)
-        url = url or spec.storage
-    return url or DEFAULT_STORAGE, keep
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", metavar="URL", help=f"Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
-    parser.add_argument("--study", metavar="FILE", help="a study spec (TOML): only its studies, and its storage")
-
-
-def is_feasible(trial) -> bool:
-    """Every constraint (the recall floor) is <= 0; a trial without constraints is feasible."""
-    return all(value <= 0.0 for value in trial.constraints.values())
-
-
-def median(value: Any) -> float | None:
-    """A metric's median: metrics are numbers or {samples, median, iqr} records."""
-    if isinstance(value, dict):
-        value = value.get("median")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def metric_medians(metrics: Any) -> dict[str, float]:
-    """{name: median} for every numeric metric (raw samples dropped)."""
-    if not isinstance(metrics, dict):
-        return {}
-    out = {}
-    for name, value in metrics.items():
-        m = median(value)
-        if m is not None:
-            out[name] = m
-    return out
-
-
-def knobs_of(trial) -> dict[str, Any]:
-    """The trial's knob values (and its backend when the study searched several)."""
-    return {k: v for k, v in trial.params.items()}
-
-
-@dataclass
-class StudyView:
-    """One study of the store with the trials the outputs need."""
-
-    name: str
-    key: StudyKey
-    user_attrs: dict[str, Any]
-    trials: list  # every FrozenTrial, by number
-    study: Any = None  # the optuna.Study (for optuna.importance)
-
-    @property
-    def dtype(self) -> str:
-        return str(self.user_attrs.get("dtype", "float32"))
-
-    @property
-    def complete(self) -> list:
-        import optuna
-
-        return [t for t in self.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-
-    @property
-    def baseline(self):
-        """The completed baseline trial (the runner's default config), if any."""
-        for trial in self.complete:
-            if trial.user_attrs.get("baseline") is True:
-                return trial
-        return None
-
-    @property
-    def best(self):
-        """The completed feasible trial with the highest score, if any."""
-        candidates = [t for t in self.complete if is_feasible(t)]
-        return max(candidates, key=lambda t: (t.value, -t.number)) if candidates else None
-
-    def trial(self, number: int):
-        for trial in self.trials:
-            if trial.number == number:
-                return trial
-        return None
-
-    def backend_of(self, trial) -> str:
-        """The backend a trial ran: its 'backend' knob, else the study's only backend."""
-        return str(trial.params.get("backend", self.key.backends[0]))
-
-
-def load_views(storage, keep: StudyFilter | None = None) -> list[StudyView]:
-    """The tuner's current studies in the store, by shape/device/backend/context.
-
-    Studies not named by the tuner are ignored, and of a family `name`, `name~2`, ...
-    only the newest (the one `autotune tune` resumes) is read.
-    """
-    import optuna
-
-    newest: dict[tuple, tuple[StudyKey, str]] = {}
-    for name in optuna.study.get_all_study_names(storage):
-        key = parse_study_name(name)
-        if key is None or (keep is not None and not keep(key)):
-            continue
-        if key.family not in newest or key.generation > newest[key.family][0].generation:
-            newest[key.family] = (key, name)
-    views = []
-    for key, name in newest.values():
-        study = optuna.load_study(study_name=name, storage=storage)
-        trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-        views.append(StudyView(name, key, dict(study.user_attrs), trials, study))
-    views.sort(key=lambda v: (v.key.shape, v.key.device_kind, v.key.backends, v.key.context))
-    return views
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -236,39 +32,39 @@ def _config_text(config: dict[str, Any]) -> str:
 
 
 def render_tables(views: list[StudyView]) -> str:
-    """One table per (shape, device, backends, dtype): a row per context length."""
-    from autotune.export import decide, read_confirmation  # what the export would write
+    """One table per (shape, device, backends, dtype): a row per context length saying
+    what `autotune export` writes (speeds: confirmed medians where re-measured), then
+    the search maximum, which no confirmation has vouched for, and the verdict in words."""
 
     groups: dict[tuple, list[StudyView]] = {}
     for view in views:
         groups.setdefault((view.key.shape, view.key.device_kind, "+".join(view.key.backends), view.dtype), []).append(view)
-    headers = ["context", "trials", "best", "strategy", "score", "baseline", "prefill tok/s", "decode tok/s", "recall", "config", "default"]
+    headers = ["context", "trials", "export writes", "config", "prefill tok/s", "decode tok/s", "recall",
+               "search max (unconfirmed)"]
     blocks = []
     for (shape, device_kind, backends, dtype), members in groups.items():
-        rows = []
+        rows, verdicts = [], []
         for view in members:
-            best = view.best
             done = f"{len(view.complete)}/{len(view.trials)}"
-            decision = decide(view, allow_unconfirmed=False)
-            default = decision.source if decision else "-"
-            if decision and read_confirmation(view.user_attrs.get("confirmation"))[0] is None:
-                default += " (unconfirmed)"
-            if best is None:
-                rows.append([f"L{view.key.context}", done, "-", "-", "-", "-", "-", "-", "-", "no feasible completed trial", default])
+            chosen, source = export_choice(view)
+            best = view.best
+            search_max = f"{best.value:.3f} #{best.number} {best.user_attrs.get('strategy', '-')}" if best else "-"
+            verdicts.append(f"  L{view.key.context}: {plain_verdict(view.user_attrs.get('confirmation'))}")
+            if chosen is None:
+                rows.append([f"L{view.key.context}", done, "-", "no completed baseline", "-", "-", "-", search_max])
                 continue
-            m = metric_medians(best.user_attrs.get("metrics"))
-            baseline = view.baseline
+            confirmation = view.user_attrs.get("confirmation")
+            m = confirmed_metrics(confirmation, chosen.number) or metric_medians(chosen.user_attrs.get("metrics"))
             rows.append([
-                f"L{view.key.context}", done, f"#{best.number}", str(best.user_attrs.get("strategy", "-")),
-                _fmt(best.value, 3), _fmt(baseline.value if baseline else None, 3), _fmt(m.get("prefill_tok_s")), _fmt(m.get("decode_tok_s")),
-                _fmt(m.get("recall"), 3), _config_text(knobs_of(best)), default,
+                f"L{view.key.context}", done, f"{source} #{chosen.number}", _config_text(knobs_of(chosen)),
+                _fmt(m.get("prefill_tok_s")), _fmt(m.get("decode_tok_s")), _fmt(m.get("recall"), 3), search_max,
             ])
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         lines = [f"{shape} on {device_kind}, backend {backends}, {dtype}"]
         lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(lines + ["", "What export writes, and why:"] + verdicts))
     return "\n\n".join(blocks)
 
 
@@ -277,7 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
 
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
@@ -285,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     print(render_tables(views))
     print(
-        "\nscore = w_decode*decode/baseline + w_prefill*prefill/baseline + w_recall*recall (README, \"Tuning\"); "
-        "tok/s are medians of the best trial.\n'default' is what `autotune export` writes for that "
-        "context: 'tuned' (the winner beat the baseline in confirmation) or 'baseline'."
+        "\n'export writes' is the config `autotune export` writes for that context: 'tuned' (it beat the "
+        "baseline beyond noise when re-measured) or 'baseline'; its tok/s are the re-measured medians "
+        "where there are any.\n'search max' is the highest score of the search, a maximum of noisy "
+        "measurements that only confirmation can vouch for.\nscore = w_decode*decode/baseline + "
+        "w_prefill*prefill/baseline + w_recall*recall (README, \"Tuning\")."
     )
     return 0

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from autotune.errors import UserError
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("autotune.tune", "run a tuning study from a TOML spec"),
@@ -23,10 +25,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("autotune.replay.cli", "compare strategies on a recorded surface"),
     "compare-official": ("autotune.compare_official", "measure against the official xLSTM kernels"),
 }
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as one line, never as a traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
+    if name == "tune":
+        from autotune.preflight import tune_refusal
+
+        refusal = tune_refusal(rest)
+        if refusal:
+            print(f"autotune tune: error: {refusal}", file=sys.stderr)
+            return 2
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

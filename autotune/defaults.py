@@ -39,12 +39,18 @@ class Choice:
     trial: int | None = None
     study: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    row_source: str | None = None  # the row's 'source': tuned, baseline or unconfirmed
 
     def describe(self) -> str:
         knobs = " ".join(f"{k}={self.config[k]}" for k in KNOBS)
-        if self.source == "file":
-            return f"{knobs} (tuned for context {self.context}: study {self.study}, trial {self.trial})"
-        return f"{knobs} (built-in default)"
+        where = f"study {self.study}, trial {self.trial}"
+        if self.source != "file":
+            return f"{knobs} (built-in default)"
+        if self.row_source == "baseline":
+            return f"{knobs} (the baseline for context {self.context}: no tuned config beat it beyond noise; {where})"
+        if self.row_source == "unconfirmed":
+            return f"{knobs} (best search result for context {self.context}, unconfirmed: {where})"
+        return f"{knobs} (tuned for context {self.context}: {where})"
 
 
 def builtin_default(num_heads: int, context: int) -> dict[str, int]:
@@ -176,6 +182,7 @@ def pick_choice(
         trial=row.get("trial"),
         study=row.get("study"),
         metrics=row.get("metrics") or {},
+        row_source=row.get("source"),
     )
 
 

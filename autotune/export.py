@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.best import (
+from autotune.views import (
     KNOBS,
     StudyView,
     add_store_arguments,
@@ -28,6 +28,8 @@ from autotune.best import (
     storage_from_args,
 )
 from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
+from autotune.errors import UserError, file_mode, require_folder
+from autotune.verdict import plain_verdict, plural
 
 @dataclass(frozen=True)
 class Decision:
@@ -85,6 +87,13 @@ def decide(view: StudyView, *, allow_unconfirmed: bool) -> Decision | None:
     return None
 
 
+def export_choice(view: StudyView) -> tuple[Any, str]:
+    """(the trial `autotune export` writes for this study or None, its source:
+    'tuned', 'baseline' or '-')."""
+    decision = decide(view, allow_unconfirmed=False)
+    return (decision.trial, decision.source) if decision else (None, "-")
+
+
 def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(the defaults document, notes for the user) from the studies."""
     entries: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = {}
@@ -110,8 +119,10 @@ def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -
         if len(row["config"]) != len(KNOBS):
             notes.append(f"{view.name}: trial #{trial.number} lacks knobs {sorted(set(KNOBS) - set(row['config']))}; no row")
             continue
-        if decision.source != "tuned":
+        if decision.source == "unconfirmed":
             notes.append(f"{view.name}: {decision.reason}")
+        elif decision.source != "tuned":
+            notes.append(f"{view.name}: {plain_verdict(view.user_attrs.get('confirmation'))}")
         table = entries.setdefault((view.key.shape, view.key.device_kind, backend, view.dtype), {})
         previous = table.get(view.key.context)
         # Two studies (e.g. 'queued' and 'queued+ray') can cover one context: keep the higher score.
@@ -144,10 +155,13 @@ def merge_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write via a temporary file in the same folder and rename over `path`, with the
+    mode a plain open() gives (mkstemp's own 0600 would hide the file from other users).
+    A missing folder is an error: it is more often a typo than a wish."""
+    require_folder(path, "output file", "--out")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -173,7 +187,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
     from autotune.defaults import load_entries
 
     url, keep = storage_from_args(args)
@@ -191,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
         document = merge_documents(old, fresh)
     write_atomic(out, json.dumps(document, indent=2, sort_keys=False) + "\n")
     rows = sum(len(e["table"]) for e in document["entries"])
-    print(f"wrote {out}: {len(document['entries'])} entries, {rows} context rows")
+    print(f"wrote {out}: {plural(len(document['entries']), 'entry', 'entries')}, {plural(rows, 'context row')}")
     for entry in fresh["entries"]:
         for row in entry["table"]:
             knobs = " ".join(f"{k}={row['config'][k]}" for k in KNOBS)

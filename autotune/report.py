@@ -1,9 +1,12 @@
 """`autotune report`: one self-contained HTML file of plotly figures about the store.
 
-plotly.js is embedded inline (no CDN): the file opens on an offline machine. Figures:
-optimisation history coloured by strategy, best score so far per context, strategy
-shares over time, parallel coordinates and parameter importances per study, and
-tok/s against context length for the baseline and the best config.
+plotly.js is embedded inline (no CDN): the file opens on an offline machine. The page
+opens with what `autotune export` writes per study and the confirmation's verdict in
+words; then the figures: optimisation history coloured by strategy, best search score
+so far per context, strategy shares over time, parallel coordinates and parameter
+importances per study, and tok/s against context length for the baseline and the
+exported config (confirmed medians where re-measured). The search's maximum is
+labelled unconfirmed wherever it appears.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotune.best import (
+from autotune.views import (
     StudyView,
     add_store_arguments,
     is_feasible,
@@ -25,8 +28,14 @@ from autotune.best import (
     redact_url,
     storage_from_args,
 )
+from autotune.export import confirmed_metrics, export_choice, write_atomic
+from autotune.verdict import plural
 
 DEFAULT_OUT = Path("studies/report.html")
+# Optuna's importances fit a random forest to the trials: below this many completed
+# trials they are left out, and below CAVEAT_TRIALS they carry a caveat.
+MIN_IMPORTANCE_TRIALS = 10
+CAVEAT_TRIALS = 30
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#17becf", "#bcbd22"]
 
 
@@ -68,11 +77,27 @@ def history_figure(views: list[StudyView], colours: dict[str, str]):
                 hovertext=[_hover(t) for t in trials], hoverinfo="text",
             ), row=row, col=1)
             shown.add(name)
+        _mark_search_max_and_export(fig, view, row)
         fig.update_yaxes(title_text="score", row=row, col=1)
     fig.update_xaxes(title_text="trial number", row=len(views), col=1)
     fig.update_layout(title="Optimisation history (open circles: below the recall floor)",
                       height=height)
     return fig
+
+
+def _mark_search_max_and_export(fig, view: StudyView, row: int) -> None:
+    """Arrows at the search's maximum (unconfirmed) and at the trial export writes."""
+    chosen, source = export_choice(view)
+    best = view.best
+    marks = []
+    if best is not None:
+        marks.append((best, "search max (unconfirmed)", -30))
+    if chosen is not None and chosen.value is not None:
+        label = "export: confirmed winner" if source == "tuned" else "export: baseline stays"
+        marks.append((chosen, label, 30))
+    for trial, text, dy in marks:
+        fig.add_annotation(x=trial.number, y=trial.value, text=text, showarrow=True, arrowhead=2,
+                           ay=dy, ax=20, font=dict(size=11), row=row, col=1)
 
 
 def _hover(trial) -> str:
@@ -93,8 +118,9 @@ def best_so_far_figure(views: list[StudyView]):
                 xs.append(trial.number)
                 ys.append(best)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=_label(view)))
-    fig.update_layout(title="Best score so far, per context length", xaxis_title="trial number",
-                      yaxis_title="best feasible score", height=420)
+    fig.update_layout(title="Best search score so far, per context length (unconfirmed: a maximum of noisy "
+                            "measurements; the verdict above says what holds up)",
+                      xaxis_title="trial number", yaxis_title="best feasible search score", height=420)
     return fig
 
 
@@ -157,8 +183,9 @@ def importances(view: StudyView, study) -> tuple[dict[str, float] | None, str | 
     import optuna
 
     complete = view.complete
-    if len(complete) < 3:
-        return None, f"{len(complete)} completed trials; importances need at least 3"
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return None, (f"{plural(len(complete), 'completed trial')}; importances are shown from "
+                      f"{MIN_IMPORTANCE_TRIALS} on, as a forest fitted to fewer says little")
     varied = [p for p in {p for t in complete for p in t.params} if len({t.params.get(p) for t in complete}) > 1]
     if not varied:
         return None, "no knob took more than one value"
@@ -169,7 +196,7 @@ def importances(view: StudyView, study) -> tuple[dict[str, float] | None, str | 
         except (ValueError, RuntimeError) as exc:
             return None, f"importances unavailable: {exc}"
     if any("too small" in str(w.message) for w in caught):
-        return None, f"{len(complete)} completed trials are too few for importances"
+        return None, f"too few completed trials ({len(complete)}) for importances"
     return dict(result), None
 
 
@@ -185,16 +212,26 @@ def importance_figure(views: list[StudyView]):
             continue
         names = sorted(result)
         fig.add_trace(go.Bar(x=names, y=[result[n] for n in names], name=_label(view)))
+        if len(view.complete) < CAVEAT_TRIALS:
+            notes.append(f"{_label(view)}: from only {plural(len(view.complete), 'completed trial')}; "
+                         f"a rough hint below {CAVEAT_TRIALS}")
     fig.update_layout(title="Parameter importances (Optuna, per study)", barmode="group",
                       yaxis_title="importance", height=420)
     if notes:
         fig.add_annotation(text="<br>".join(html.escape(n) for n in notes), showarrow=False,
-                           xref="paper", yref="paper", x=0.5, y=0.5, align="left")
+                           xref="paper", yref="paper", x=0.5, y=1.0, yanchor="top", align="left")
     return fig
 
 
+def _confirmed_medians(view: StudyView, trial) -> dict[str, float]:
+    """A trial's medians: the confirmation's re-measurement where there is one."""
+    return (confirmed_metrics(view.user_attrs.get("confirmation"), trial.number)
+            or metric_medians(trial.user_attrs.get("metrics")))
+
+
 def throughput_figure(views: list[StudyView]):
-    """Prefill and decode tok/s (medians) against context, baseline vs best, per group."""
+    """Prefill and decode tok/s (medians) against context, baseline vs what export
+    writes, per group; confirmed medians where the configs were re-measured."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -205,9 +242,9 @@ def throughput_figure(views: list[StudyView]):
     for index, (group, members) in enumerate(sorted(groups.items())):
         members = sorted(members, key=lambda v: v.key.context)
         colour = _PALETTE[index % len(_PALETTE)]
-        for which, dash in (("baseline", "dot"), ("best", "solid")):
-            picked = [(v.key.context, getattr(v, which)) for v in members]
-            picked = [(c, metric_medians(t.user_attrs.get("metrics"))) for c, t in picked if t is not None]
+        for which, dash in (("baseline", "dot"), ("exported", "solid")):
+            picked = [(v, v.baseline if which == "baseline" else export_choice(v)[0]) for v in members]
+            picked = [(v.key.context, _confirmed_medians(v, t)) for v, t in picked if t is not None]
             for col, metric in ((1, "prefill_tok_s"), (2, "decode_tok_s")):
                 points = [(c, m[metric]) for c, m in picked if metric in m]
                 fig.add_trace(go.Scatter(
@@ -217,26 +254,39 @@ def throughput_figure(views: list[StudyView]):
                 ), row=1, col=col)
     fig.update_xaxes(type="log", title_text="context length (tokens)")
     fig.update_yaxes(title_text="tok/s")
-    fig.update_layout(title="Throughput against context length: baseline (dotted) and best (solid)", height=440)
+    fig.update_layout(title="Throughput against context length: baseline (dotted) and what export writes "
+                            "(solid), confirmed medians where re-measured", height=440)
     return fig
 
 
 def summary_table(views: list[StudyView]) -> str:
-    rows = []
+    """What `autotune export` writes per study, with the verdict in words."""
+    from autotune.verdict import plain_verdict
+
+    rows, verdicts = [], []
     for view in views:
+        chosen, source = export_choice(view)
         best, baseline = view.best, view.baseline
-        knobs = ", ".join(f"{k}={v}" for k, v in best.params.items()) if best else "-"
+        m = _confirmed_medians(view, chosen) if chosen is not None else {}
         fingerprint = view.user_attrs.get("fingerprint") or {}
-        rows.append(
-            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [
-                view.name, f"{len(view.complete)}/{len(view.trials)}",
-                f"{best.value:.3f} (#{best.number})" if best else "-", knobs,
-                f"{baseline.value:.3f}" if baseline else "-",
-                fingerprint.get("device_name", "-"),
-            ]) + "</tr>"
-        )
-    head = "".join(f"<th>{h}</th>" for h in ["study", "completed/all", "best score", "best config", "baseline score", "device"])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        cells = [
+            view.name, f"{len(view.complete)}/{len(view.trials)}",
+            f"{source} (#{chosen.number})" if chosen is not None else "-",
+            ", ".join(f"{k}={v}" for k, v in chosen.params.items()) if chosen is not None else "-",
+            f"{m['prefill_tok_s']:,.1f}" if "prefill_tok_s" in m else "-",
+            f"{m['decode_tok_s']:,.1f}" if "decode_tok_s" in m else "-",
+            f"{best.value:.3f} (#{best.number})" if best else "-",
+            f"{baseline.value:.3f}" if baseline else "-",
+            fingerprint.get("device_name", "-"),
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        verdicts.append(f"<li><b>{html.escape(view.name)}</b>: "
+                        f"{html.escape(plain_verdict(view.user_attrs.get('confirmation')))}</li>")
+    head = "".join(f"<th>{h}</th>" for h in [
+        "study", "completed/all", "export writes", "config", "prefill tok/s", "decode tok/s",
+        "search max (unconfirmed)", "baseline search score", "device"])
+    return (f"<table id='export'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"<ul id='verdicts'>{''.join(verdicts)}</ul>")
 
 
 def build_report(views: list[StudyView], *, source: str) -> str:
@@ -265,9 +315,13 @@ def build_report(views: list[StudyView], *, source: str) -> str:
 <style>body{{font-family:sans-serif;margin:1.5em;}} table{{border-collapse:collapse;}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%;}}</style></head>
 <body><h1>xlstm-autotune report</h1>
-<p>Store: {html.escape(source)} &middot; {len(views)} studies &middot; written {stamp}.
+<p>Store: {html.escape(source)} &middot; {plural(len(views), 'study', 'studies')} &middot; written {stamp}.
 Score = w_decode&middot;decode/baseline + w_prefill&middot;prefill/baseline + w_recall&middot;recall
 (README, "Tuning"), so each speed term is 1.0 at the baseline's speed; open markers fell below the recall floor.</p>
+<h2>What <code>autotune export</code> writes</h2>
+<p>Per study: the confirmed winner, or the baseline when nothing beat it beyond noise when
+re-measured. Speeds are the re-measured medians where there are any. The search maximum is
+the best of many noisy measurements and is unconfirmed.</p>
 {summary_table(views)}
 {''.join(parts)}
 </body></html>
@@ -280,8 +334,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
-    from autotune.export import write_atomic
+    from autotune.errors import UserError
 
     url, keep = storage_from_args(args)
     views = load_views(open_storage(url), keep)
@@ -289,6 +342,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     out = Path(args.out)
     write_atomic(out, build_report(views, source=redact_url(url)))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {len(views)} studies); open it in a browser")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {plural(len(views), 'study', 'studies')}); open it in a browser")
     return 0
 

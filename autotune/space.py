@@ -233,6 +233,43 @@ class SearchSpace(DiscreteSpace):
         return self._violated(cfg)
 
 
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
+                      contexts: Sequence[int]) -> dict[str, tuple[list[int], str]]:
+    """Knob values that no valid config can use at any of the contexts, whatever the
+    other knobs, with the rule they break and the values that would work:
+    {knob: (bad, explanation)}. (A `workers` value above the bands of every listed
+    heads_per_band is left alone: it is a choice of lists, not of one value.)
+
+    The tuner drops such values when it enumerates the space, so without this check a
+    typo like T_inner = [3, 5] would tune the baseline's value only, without a word.
+    """
+    from autotune.defaults import builtin_default
+
+    found: dict[str, tuple[list[int], str]] = {}
+    heads = _divisors(num_heads)
+    bad = [v for v in values["heads_per_band"] if v not in heads]
+    if bad:
+        found["heads_per_band"] = (bad, f"heads_per_band must divide the model's {num_heads} heads; "
+                                        f"valid values: {', '.join(map(str, heads))}")
+    longest = max(contexts)
+    bad = [v for v in values["chunk_size"] if v > longest]
+    if bad:
+        found["chunk_size"] = (bad, f"chunk_size must be at most the longest context ({longest})")
+    # The tuner adds each context's baseline chunk to the list, so T_inner may divide those.
+    chunks = {c for c in values["chunk_size"] if c <= longest}
+    chunks |= {builtin_default(num_heads, c)["chunk_size"] for c in contexts}
+    bad = [v for v in values["T_inner"] if not any(c % v == 0 for c in chunks)]
+    if bad:
+        fitting = sorted({d for c in chunks for d in _divisors(c)})
+        found["T_inner"] = (bad, f"T_inner must divide a chunk_size ({', '.join(map(str, sorted(chunks)))}); "
+                                 f"valid values: {', '.join(map(str, fitting))}")
+    return found
+
+
 def _clean_values(values: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     """Validate knob names and values; numeric lists sorted ascending (order = neighbourhood)."""
     unknown = [k for k in values if k not in KNOB_ORDER]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
@@ -256,6 +256,12 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
         backends=m.str_list("backends", ("queued",), BACKENDS),
         compile=m.boolean("compile", False),
     )
+    if "ray" in model.backends:
+        from schedulers.factory import ray_missing
+
+        problem = ray_missing()
+        if problem:
+            raise m.fail("backends", problem)
 
     if "workload" not in doc:
         raise SpecError(f"{path}: missing section [workload] (it needs at least `contexts = [2048]`)")
@@ -272,6 +278,7 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
 
     s = _Reader(path, "space", doc.get("space", {}), KNOBS)
     space = {knob: s.int_list(knob, tuple(DEFAULT_SPACE[knob])) for knob in KNOBS}
+    _check_space(s, space, shape, workload.contexts)
 
     o = _Reader(path, "objective", doc.get("objective", {}), ("w_decode", "w_prefill", "w_recall", "recall_floor"))
     objective = ObjectiveSpec(
@@ -323,6 +330,19 @@ def _check_shape(shape: str, reader: _Reader) -> None:
 
     if shape not in SHAPES:
         raise reader.fail("shape", f"unknown shape {shape!r}; valid shapes: {', '.join(SHAPES)}")
+
+
+def _check_space(reader: _Reader, space: dict[str, tuple[int, ...]], shape: str, contexts: tuple[int, ...]) -> None:
+    """Refuse values written in [space] that no valid config can use (the defaults are
+    meant for every shape and may hold values a small shape cannot use)."""
+    from autotune.space import impossible_values
+    from kernels.model import SHAPES
+
+    for knob, (bad, rule) in impossible_values(space, SHAPES[shape].num_heads, contexts).items():
+        if reader.has(knob):
+            values = ", ".join(map(str, bad))
+            raise reader.fail(knob, f"{values} can never run for shape {shape!r} at contexts "
+                                    f"{', '.join(map(str, contexts))}: {rule}")
 
 
 def load_spec(path: str | Path) -> StudySpec:

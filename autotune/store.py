@@ -13,6 +13,7 @@ import errno
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from autotune.cli import UserError
+from autotune.errors import missing_driver
+from autotune.preflight import busy_message, lock_path
 
 SUFFIX_SEP = "~"
 # A RUNNING trial whose heartbeat is older than this is stale on a shared (non-SQLite)
 # store; trials send a heartbeat every HEARTBEAT_S while their benchmark runs.
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 5 * HEARTBEAT_S
+METRIC_NAME = "score"  # the objective's name in Optuna (and so in the dashboard)
 SCHEMA_RACE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 
 
@@ -51,7 +55,8 @@ _URL_EXAMPLES = "e.g. sqlite:///studies/autotune.db or postgresql+psycopg://user
 
 def parse_storage_url(url: str, *, base_dir: Path | None = None) -> StorageURL:
     """Validate a SQLAlchemy URL; a relative SQLite path is taken from `base_dir`
-    (default: the working directory) and its folder is created."""
+    (default: the working directory). A missing folder is an error, never created: it
+    is more often a typo than a wish."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -70,20 +75,18 @@ def parse_storage_url(url: str, *, base_dir: Path | None = None) -> StorageURL:
         path = Path(database).expanduser()
         if not path.is_absolute():
             path = (base_dir or Path.cwd()) / path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the folder of the SQLite store {path}: {exc.strerror}") from None
+        if not path.parent.is_dir():
+            raise StoreError(
+                f"the folder {path.parent} of the SQLite store does not exist; create it first "
+                f"(mkdir -p {path.parent}) or pass another --storage"
+            )
         return StorageURL(parsed.set(database=str(path)).render_as_string(hide_password=False), path)
     try:
         parsed.get_dialect()
     except NoSuchModuleError:
         raise StoreError(f"storage URL {url!r}: unknown database kind {parsed.drivername!r}; {_URL_EXAMPLES}") from None
     except ImportError as exc:
-        hint = " (install it with: pip install 'xlstm-autotune[postgres]')" if backend == "postgresql" else ""
-        raise StoreError(
-            f"storage URL {url!r} needs the Python driver {exc.name or parsed.drivername!r}, which is not installed{hint}"
-        ) from None
+        raise StoreError(missing_driver(parsed.render_as_string(hide_password=True), backend, exc.name)) from None
     return StorageURL(url, None)
 
 
@@ -105,6 +108,11 @@ def open_storage(location: StorageURL) -> RDBStorage:
     except SQLAlchemyError as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise StoreError(f"cannot open the store {_display(location)}: {detail}") from None
+    except ImportError as exc:  # the driver is imported only when the engine is made
+        from sqlalchemy.engine import make_url
+
+        module = getattr(exc.__cause__, "name", None) or exc.name
+        raise StoreError(missing_driver(_display(location), make_url(location.url).get_backend_name(), module)) from None
     except RuntimeError as exc:  # Optuna's schema version check
         raise StoreError(
             f"the store {_display(location)} was written by another Optuna version ({exc}); "
@@ -162,7 +170,7 @@ class WriterLock:
 
     def __init__(self, db_path: Path):
         self.db_path = db_path
-        self.path = db_path.with_name(db_path.name + "-lock")  # beside -journal, -wal
+        self.path = lock_path(db_path)
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
@@ -179,12 +187,7 @@ class WriterLock:
                 pass
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f" ({holder})" if holder else ""
-                raise StoreError(
-                    f"another tuner{who} is writing to {self.db_path}; SQLite takes one "
-                    "tuner at a time: wait for it to finish, stop it, or tune into another "
-                    "--storage (several workers need a server database such as PostgreSQL)"
-                ) from None
+                raise StoreError(busy_message(self.db_path, holder)) from None
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
@@ -285,7 +288,7 @@ def open_study(
                 "or use another --storage"
             )
         if stored.get("identity") != identity:
-            changed = _changed_keys(stored.get("identity") or {}, identity)
+            changed = _changed_keys(stored.get("identity") or {}, identity) or ["its stored settings"]
             raise StoreError(
                 f"study {name} was created from a spec that differs in {', '.join(changed)}; "
                 "its trials would not be comparable. Restore those keys, or pass --new-study "
@@ -295,6 +298,9 @@ def open_study(
     name = next_name(names, base)
     try:
         study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="maximize")
+        with warnings.catch_warnings():  # experimental in Optuna, and stable in use since 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])  # the dashboard labels its axes "score"
     except optuna.exceptions.DuplicatedStudyError:
         # Another worker created it between our listing and now (callers on a shared
         # store hold a lock around this, other tools may not): open it instead.
@@ -311,6 +317,7 @@ def _write_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """'key.sub (old -> new)' for every leaf that differs; empty when none does."""
     keys: list[str] = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -318,7 +325,7 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
             keys += _changed_keys(a, b, f"{prefix}{key}.")
         elif a != b:
             keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
-    return keys or ["its stored settings"]
+    return keys
 
 
 # ------------------------------------------------------------------- recovery

@@ -30,7 +30,9 @@ from autotune.spec import StudySpec, load_spec
 from autotune.locks import NamedLocks
 from autotune.stop_control import StopControl
 from autotune.store import STALE_AFTER_S, WriterLock, machine_fingerprint, open_storage, parse_storage_url
-from autotune.tune_output import ContextResult, say, summary_lines
+from autotune.tune_output import ContextResult, next_steps, say, summary_lines
+from autotune.verdict import publish
+from autotune.views import redact_url
 from autotune.workers import gpu_slots, parse_gpus
 
 __all__ = ["ContextTuner", "StopControl", "TuneOptions", "add_arguments", "run", "tune"]
@@ -117,10 +119,12 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
     if options.gpus and device.type == "cpu":
         say(f"--gpus with device cpu: {len(slots)} benchmarks run side by side on the CPU and slow each other down")
     location = parse_storage_url(options.storage)
+    store = redact_url(location.url)
     lock = WriterLock(location.sqlite_path) if location.sqlite_path is not None else nullcontext()
     results: list[ContextResult] = []
     with lock, StopControl() as stop:
         storage = open_storage(location)
+        say(f"store: {store}")
         locks = NamedLocks.for_storage(storage, shared=not location.is_sqlite)
         start = time.monotonic()
         contexts = spec.workload.contexts
@@ -136,10 +140,15 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
                                  device_kind=device.type, device=device_str, fingerprint=fingerprint, stop=stop,
                                  slots=tuple(slots), locks=locks)
             results.append(tuner.run(deadline))
+            if results[-1].verdict and results[-1].study:
+                publish(optuna.load_study(study_name=results[-1].study, storage=storage), results[-1].verdict)
         interrupted = stop.stop_requested
     for result in results:
         for line in summary_lines(result):
             print(line)
+    selector = f"--study {spec.path}" + (f" --storage '{store}'" if options.storage != spec.storage else "")
+    for line in next_steps(results, store=store, selector=selector):
+        print(line)
     if interrupted:
         skipped = [c for c in spec.workload.contexts if c not in {r.context for r in results}]
         if skipped:

@@ -12,7 +12,10 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from autotune.defaults import DEFAULT_PATH as DEFAULTS_FILE
 from autotune.objective import median, recall_of
+from autotune.report import DEFAULT_OUT as REPORT_FILE
+from autotune.verdict import plain_verdict, plural
 from autotune.workers import Slot
 
 
@@ -102,14 +105,40 @@ def summary_lines(result: ContextResult) -> list[str]:
     head = f"L{result.context} {result.study or ''}".rstrip()
     if result.error:
         return [f"{head}: ERROR {result.error}"]
-    lines = [f"{head}: {result.finished} trials ({result.failed} failed)"
+    lines = [f"{head}: {plural(result.finished, 'trial')} ({result.failed} failed)"
              + (f"; {'; '.join(result.notes)}" if result.notes else "")]
     if result.best is not None:
         base = f"{result.baseline_value:.3f}" if result.baseline_value is not None else "n/a"
-        lines.append(f"  best score {result.best.value:.3f} (baseline {base}): trial {result.best.number} "
+        lines.append(f"  search max (unconfirmed) {result.best.value:.3f} (baseline {base}): trial {result.best.number} "
                      f"[{result.best.user_attrs.get('strategy')}] {fmt_config(result.best.params)}")
     if result.verdict:
-        v = result.verdict
-        label = "tuned config confirmed" if v["verdict"] == "improved" else "baseline stays the default"
-        lines.append(f"  confirmation: {label}: {v.get('reason', '')}")
+        lines.append(f"  verdict: {plain_verdict(result.verdict)}")
     return lines
+
+
+def next_steps(results: list[ContextResult], *, store: str, selector: str) -> list[str]:
+    """The closing lines of a run: what was found, where it is, what to run next.
+    selector: the arguments that name this run's studies to the other commands."""
+    confirmed = [r for r in results if r.verdict and r.verdict.get("verdict") == "improved"]
+    decided = [r for r in results if r.verdict]
+    if confirmed:
+        found = (f"Found: a config that beats the baseline beyond noise at "
+                 f"{', '.join(f'L{r.context}' for r in confirmed)}"
+                 f" ({len(confirmed)} of {plural(len(results), 'context length')}); see the verdicts above.")
+    elif any(r.verdict.get("candidates") for r in decided):
+        found = ("Found: nothing that beats the baseline beyond noise; the baseline stays the default "
+                 "(the verdicts above say how close the best candidates came).")
+    elif decided:
+        found = ("Found: no config scored above the baseline in the search; the baseline stays the "
+                 "default (on this machine, today's default is already the fastest config tried).")
+    else:
+        found = "No verdict yet: confirmation has not run, so the baseline stays the default."
+    commands = [
+        (f"autotune best {selector}", "the table per context length and the verdicts"),
+        (f"autotune export {selector}", f"write {DEFAULTS_FILE}, which the runner and `autotune generate` read"),
+        (f"autotune report {selector}", f"one HTML page with the figures ({REPORT_FILE})"),
+        (f"autotune dashboard {selector}", "optuna-dashboard on the store, http://127.0.0.1:8080/"),
+    ]
+    width = max(len(c) for c, _ in commands)
+    return ["", found, f"Every trial is in the store {store}", "Next:",
+            *(f"  {command.ljust(width)}  # {what}" for command, what in commands)]

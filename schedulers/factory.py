@@ -9,6 +9,16 @@ from schedulers.cell import Kernel
 from schedulers.plan import Knobs
 
 BACKENDS = ("sequential", "queued", "ray")
+RAY_EXTRA = "pip install 'xlstm-autotune[ray]'"
+
+
+def ray_missing() -> str | None:
+    """Why the ray backend cannot run here (Ray is an optional extra), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        return f"the ray backend needs Ray, which is not installed; install it with: {RAY_EXTRA}"
+    return None
 
 
 def make_scheduler(backend: str, knobs: Knobs, *, device: torch.device | str = "cpu",
@@ -34,6 +44,9 @@ def make_scheduler(backend: str, knobs: Knobs, *, device: torch.device | str = "
 
         return QueuedScheduler(knobs, **common)
     if backend == "ray":
+        problem = ray_missing()
+        if problem:
+            raise ValueError(problem)
         from schedulers.ray_actors import RayScheduler
 
         return RayScheduler(knobs, address=address, **common)

@@ -6,7 +6,10 @@ import resource
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_125m_at_2048_on_cpu_within_a_minute():
     """Default repeats and new_tokens, one torch thread. The child's CPU time is the
     figure checked: unlike wall time it does not grow when other jobs share the machine,

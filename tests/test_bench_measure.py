@@ -101,6 +101,7 @@ def test_counters_match_the_plan(small_recall, backend, knobs, context):
         assert measured == expected
 
 
+@pytest.mark.slow
 def test_knobs_move_the_counters(small_recall):
     base = {"shape": "tiny", "device": "cpu", "context": 64, "new_tokens": 1, "repeats": 1}
     one = bench({**base, "heads_per_band": 4, "chunk_size": 64, "T_inner": 64})["counters"]

@@ -158,6 +158,22 @@ def test_generate_prints_the_tuned_config_and_speeds(tmp_path, capsys):
     assert "warning" not in err
 
 
+@pytest.mark.parametrize("source, said", [
+    ("baseline", "(the baseline for context 64: no tuned config beat it beyond noise; study"),
+    ("unconfirmed", "(best search result for context 64, unconfirmed: study"),
+    ("tuned", "(tuned for context 64: study"),
+])
+def test_the_chosen_config_is_called_tuned_only_when_it_was(tmp_path, source, said):
+    path = defaults_file(tmp_path)
+    document = json.loads(path.read_text())
+    for entry in document["entries"]:
+        for row in entry["table"]:
+            row["source"] = source
+    path.write_text(json.dumps(document))
+    choice = pick_choice("tiny", "cpu", "queued", 40, path, num_heads=4)
+    assert said in choice.describe()
+
+
 def test_generate_without_defaults_warns_and_uses_the_builtin(tmp_path, capsys):
     code = main(["generate", "--shape", "tiny", "--prompt-tokens", "100", "--new-tokens", "1", "--device", "cpu",
                  "--backend", "sequential", "--defaults", str(tmp_path / "missing.json")])

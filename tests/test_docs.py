@@ -36,9 +36,10 @@ def _code_blocks(text: str) -> list[str]:
 
 def test_docs_pages_exist_and_readme_is_a_short_guide():
     names = {p.name for p in PAGES}
-    for page in ("benchmark.md", "schedulers.md", "kernels.md", "strategies.md", "performance.md", "architecture.md"):
+    for page in ("benchmark.md", "schedulers.md", "kernels.md", "strategies.md", "performance.md", "architecture.md",
+                 "tuning.md", "defaults.md"):
         assert page in names
-    assert (ROOT / "README.md").stat().st_size <= 16_000
+    assert (ROOT / "README.md").stat().st_size <= 15 * 1024
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

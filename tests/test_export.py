@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.best import load_views, open_storage, parse_study_name
+from autotune.views import load_views, open_storage, parse_study_name
 from autotune.cli import main
 from autotune.defaults import DefaultsWarning, pick_choice
 from autotune.export import build_defaults, read_confirmation, write_atomic
@@ -31,17 +31,25 @@ def test_study_names_parse_as_the_contract_writes_them():
     assert parse_study_name("tiny/cpu/queued/2048") is None
 
 
-def test_best_prints_a_row_per_context_with_the_feasible_winner(tmp_path, capsys):
+def test_best_prints_what_export_writes_and_labels_the_search_maximum(tmp_path, capsys):
     url = standard_store(tmp_path)
     assert main(["best", "--storage", url]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("L")}
     assert set(rows) == {"L16", "L64"}
+    assert "search max (unconfirmed)" in out
+    # L64: the confirmed winner, with the confirmation's re-measured medians (1.54x the baseline).
+    assert "tuned #14" in rows["L64"] and "workers=2 heads_per_band=2 chunk_size=32 T_inner=16" in rows["L64"]
+    assert "1,540.0" in rows["L64"] and "154.0" in rows["L64"]
     # The infeasible trial scores higher (value + 1) but is below the recall floor.
-    assert "workers=2 heads_per_band=2 chunk_size=32 T_inner=16" in rows["L64"]
-    assert "3.800" in rows["L64"] and "genetic" in rows["L64"] and "#14" in rows["L64"]
-    assert rows["L64"].rstrip().endswith("tuned") and rows["L16"].rstrip().endswith("baseline")
-    assert "1,400.0" in rows["L64"]  # prefill median of the winner
+    assert rows["L64"].rstrip().endswith("3.800 #14 genetic")
+    # L16: its search maximum did not hold up, so the row shows the baseline, not the maximum.
+    assert "baseline #0" in rows["L16"] and "workers=1 heads_per_band=4 chunk_size=16 T_inner=16" in rows["L16"]
+    assert rows["L16"].rstrip().endswith("3.500 #14 genetic")
+    verdicts = {line.split(":")[0].strip(): line.strip() for line in out.splitlines() if line.startswith("  L")}
+    assert verdicts["L64"].startswith("L64: Trial 14 becomes the default")
+    assert verdicts["L16"].startswith("L16: The baseline stays the default")
+    assert "Mann-Whitney p = 0.13 >= 0.05" in verdicts["L16"]
 
 
 def test_export_honours_the_confirmation_verdict(tmp_path):
@@ -253,4 +261,36 @@ def test_tune_then_best_export_report_generate(tmp_path, monkeypatch, capsys):
     assert main(["generate", "--shape", "tiny", "--prompt-tokens", "20", "--new-tokens", "2", "--device", "cpu",
                  "--defaults", str(out)]) == 0
     knobs = " ".join(f"{k}={row['config'][k]}" for k in ("workers", "heads_per_band", "chunk_size", "T_inner"))
-    assert f"config: {knobs} (tuned for context 32" in capsys.readouterr().out
+    said = "tuned for context 32" if beats else "the baseline for context 32"
+    assert f"config: {knobs} ({said}" in capsys.readouterr().out
+
+
+def test_export_and_report_refuse_an_output_folder_that_does_not_exist(tmp_path, capsys):
+    url = standard_store(tmp_path)
+    for command in ("export", "report"):
+        target = tmp_path / "missing" / "dir" / "out.file"
+        assert main([command, "--storage", url, "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert f"the folder {target.parent} of the output file does not exist" in err
+        assert "mkdir -p" in err and "--out" in err and "Traceback" not in err
+        assert not (tmp_path / "missing").exists()
+
+
+def test_outputs_are_written_with_the_umask_mode_not_0600(tmp_path):
+    url = standard_store(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--storage", url, "--out", str(tmp_path / "defaults.json")]) == 0
+        assert main(["report", "--storage", url, "--out", str(tmp_path / "report.html")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("defaults.json", "report.html"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_export_counts_in_words_and_explains_a_kept_baseline(tmp_path, capsys):
+    url = standard_store(tmp_path)
+    assert main(["export", "--storage", url, "--out", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert ": 1 entry, 2 context rows" in out
+    assert "note: tiny/cpu/queued/L16: The baseline stays the default" in out

@@ -291,7 +291,7 @@ sys.exit(tune(spec, TuneOptions(storage=sys.argv[2], n_trials=int(sys.argv[3]), 
                                 bench_command=(sys.executable, sys.argv[4]))))
 """
 
-BEST = re.compile(r"best score (\S+) \(baseline \S+\): trial (\d+)")
+BEST = re.compile(r"search max \(unconfirmed\) (\S+) \(baseline \S+\): trial (\d+)")
 
 
 def _complete_configs(trials) -> list[tuple]:

@@ -164,6 +164,7 @@ MOVES = {"T_inner": {"kernel_calls"}, "chunk_size": {"chunks", "tasks"},
          "heads_per_band": {"bands", "tasks", "kernel_calls"}, "workers": {"peak_concurrency"}}
 
 
+@pytest.mark.slow
 def test_counters_equal_the_plan_and_every_knob_moves_them(ray_instance, tmp_path):
     """Actors meet at a file rendezvous inside their first kernel call, so the peak
     concurrency min(workers, bands) is certain to be observed."""

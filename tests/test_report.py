@@ -40,6 +40,26 @@ def rendered_dom(html_path, tmp_path) -> str:
     return result.stdout
 
 
+def screenshot(html_path, tmp_path, width: int = 1400, height: int = 1800):
+    """A PNG of the page as headless Chromium draws it, after plotly's scripts ran."""
+    png = tmp_path / "report.png"
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         f"--user-data-dir={tmp_path / 'chromium-shot'}", "--virtual-time-budget=15000", "--hide-scrollbars",
+         f"--window-size={width},{height}", f"--screenshot={png}", html_path.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0 and png.exists(), result.stderr[-2000:]
+    return png
+
+
+def png_size(png) -> tuple[int, int]:
+    """(width, height) from the PNG's IHDR chunk."""
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def figure_divs(dom: str) -> list[str]:
     """The inner HTML of each figure's div, split at the next figure."""
     starts = [m.start() for m in re.finditer(r'<div id="[^"]+" class="plotly-graph-div', dom)]
@@ -87,7 +107,7 @@ def test_report_with_too_few_trials_explains_missing_importances(tmp_path):
     out = tmp_path / "r.html"
     assert main(["report", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(out)]) == 0
     page = out.read_text()
-    assert "1 completed trials; importances need at least 3" in page
+    assert "1 completed trial; importances are shown from 10 on" in page
 
 
 def test_report_of_an_empty_store_is_an_error(tmp_path, capsys):
@@ -96,3 +116,42 @@ def test_report_of_an_empty_store_is_an_error(tmp_path, capsys):
     assert main(["report", "--storage", url, "--out", str(tmp_path / "r.html")]) == 2
     assert "no tuning studies" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.slow
+def test_report_says_what_export_writes_and_labels_the_search_maximum(tmp_path):
+    """The page as a browser shows it: the verdict per study in words, the search
+    maximum marked unconfirmed, the exported config marked, and a drawn screenshot."""
+    url = standard_store(tmp_path)
+    out = tmp_path / "report.html"
+    assert main(["report", "--storage", url, "--out", str(out)]) == 0
+    dom = rendered_dom(out, tmp_path)
+    export_table = dom[dom.index("<table id=\"export\""):dom.index("</table>")]
+    rows = dict(re.findall(r"<tr><td>(tiny/cpu/queued/L\d+)</td>(.*?)</tr>", export_table))
+    # L64's winner beat the baseline; L16's search maximum (trial 14) did not hold up.
+    assert "<td>tuned (#14)</td>" in rows["tiny/cpu/queued/L64"]
+    assert "<td>1,540.0</td><td>154.0</td>" in rows["tiny/cpu/queued/L64"]  # confirmed medians
+    assert "<td>baseline (#0)</td>" in rows["tiny/cpu/queued/L16"]
+    assert "<td>3.500 (#14)</td>" in rows["tiny/cpu/queued/L16"] and "search max (unconfirmed)" in export_table
+    verdicts = dom[dom.index("<ul id=\"verdicts\">"):]
+    assert "Trial 14 becomes the default" in verdicts and "The baseline stays the default" in verdicts
+    # The history figure marks the maximum as unconfirmed and where export's choice sits.
+    history = figure_divs(dom)[0]
+    drawn = re.findall(r'class="annotation-text"[^>]*data-unformatted="([^"]+)"', history)
+    assert sorted(drawn) == ["export: baseline stays", "export: confirmed winner",  # + the panel titles
+                             "search max (unconfirmed)", "search max (unconfirmed)",
+                             "tiny/cpu/queued/L16", "tiny/cpu/queued/L64"], drawn
+    assert "importances are shown from" not in dom and "a rough hint below 30" in dom
+
+    png = screenshot(out, tmp_path)
+    assert png_size(png) == (1400, 1800)
+    # A page that drew its table and plots compresses far worse than a blank one (~10 KB).
+    assert png.stat().st_size > 100_000
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    with Image.open(png) as image:
+        histogram = image.convert("L").crop((0, 0, 1400, 400)).histogram()
+        dark = sum(histogram[:100])
+    assert dark > 2000, "no text drawn at the top of the page"

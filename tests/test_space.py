@@ -104,3 +104,18 @@ def test_configs_are_exactly_the_product_members_without_a_violation(workers, hp
     for combo in itertools.product(*values.values()):
         cfg = dict(zip(values, combo))
         assert (space.why_invalid(cfg) is None) == (space.key(cfg) in valid_keys)
+
+
+def test_values_no_config_can_use_are_found_with_the_rule_and_the_valid_values():
+    from autotune.space import impossible_values
+
+    values = {"workers": [1, 2, 4], "heads_per_band": [3, 4], "chunk_size": [16, 32, 1024], "T_inner": [5, 8, 16]}
+    found = impossible_values(values, num_heads=4, contexts=(128, 512))
+    assert set(found) == {"heads_per_band", "chunk_size", "T_inner"}
+    assert found["heads_per_band"][0] == [3] and "valid values: 1, 2, 4" in found["heads_per_band"][1]
+    assert found["chunk_size"][0] == [1024] and "at most the longest context (512)" in found["chunk_size"][1]
+    # The baseline's chunk (64 at these contexts) joins the list, so T_inner 64 would fit; 5 fits nothing.
+    assert found["T_inner"][0] == [5] and "valid values: 1, 2, 4, 8, 16, 32, 64" in found["T_inner"][1]
+    # workers above the bands of every listed heads_per_band is a choice of lists, left alone.
+    assert impossible_values({"workers": [8], "heads_per_band": [4], "chunk_size": [16], "T_inner": [16]},
+                             num_heads=4, contexts=(128,)) == {}

@@ -65,7 +65,7 @@ def test_full_spec_is_read_into_typed_fields(tmp_path):
         seed = 7
         [space]
         workers = [1, 2]
-        heads_per_band = [8]
+        heads_per_band = [4, 8]
         chunk_size = [64, 128]
         T_inner = 16
         [objective]

@@ -152,7 +152,7 @@ def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake
     assert "L64 trial 1/5" in out.err and "[baseline]" in out.err and "ETA" in out.err
     # confirmation: 6 repeats in two processes of 3, each process's score shown
     assert out.err.count("(3 repeats): ok, score ") >= 4
-    assert "tuned config confirmed" in out.out
+    assert "becomes the default" in out.out
 
 
 def test_flat_surface_keeps_the_baseline(tmp_path, fake_bench, monkeypatch):
@@ -373,9 +373,9 @@ def test_bad_storage_urls_are_clear_errors(url, needle):
 
 def test_relative_sqlite_path_is_taken_from_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "deep" / "er").mkdir(parents=True)  # a missing folder is an error, never created
     location = parse_storage_url("sqlite:///deep/er/autotune.db")
     assert location.sqlite_path == tmp_path / "deep" / "er" / "autotune.db"
-    assert (tmp_path / "deep" / "er").is_dir()
     assert location.url == f"sqlite:///{tmp_path}/deep/er/autotune.db"
     assert parse_storage_url(f"sqlite:///{tmp_path}/abs.db").sqlite_path == tmp_path / "abs.db"
 

@@ -62,6 +62,12 @@ class BenchConfig:
         shape = _choice(values, "shape", _shape_names())
         dtype = _choice(values, "dtype", DTYPES, cls.dtype)
         backend = _choice(values, "backend", BACKENDS, cls.backend)
+        if backend == "ray":
+            from schedulers.factory import ray_missing
+
+            problem = ray_missing()
+            if problem:
+                raise InvalidConfig("backend", problem)
         device = _string(values, "device", cls.device)
         if not _DEVICE_RE.match(device):
             raise InvalidConfig("device", f"{device!r} is not a device; use cpu, cuda, cuda:N, mps or auto")
