@@ -241,6 +241,9 @@ def main(argv=None) -> int:
         print(format_breakdown(f"prefill L={L}", p), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    from kernels.registry import what_ran
+
+    result["kernels"] = what_ran()  # the kernels and parameters that ran, any fallback
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
