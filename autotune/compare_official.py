@@ -33,7 +33,8 @@ import torch
 
 from autotune.cli import UserError
 from autotune.compare_official_model import free, measure_copy_bandwidth, official_modules, sync, timed, tokens
-from autotune.compare_official_variants import DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s
+from autotune.compare_official_variants import (DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s,
+                                                state_bytes_per_sequence, weight_bytes_read_per_step)
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 
@@ -45,6 +46,10 @@ def _csv(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
     return parse
+
+
+def _grid_help(default) -> str:
+    return f"official settings measured, comma-separated (default {','.join(map(str, default))})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,10 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="sequential", choices=("sequential", "queued"),
                         help="scheduler backend for our prefill")
     parser.add_argument("--no-graphs", action="store_true", help="decode ours eagerly (no CUDA graph)")
-    parser.add_argument("--official-weight-modes", type=_csv(str), default=plan.weight_modes)
-    parser.add_argument("--official-chunkwise-kernels", type=_csv(str), default=plan.chunkwise_kernels)
-    parser.add_argument("--official-chunk-sizes", type=_csv(int), default=plan.chunk_sizes)
-    parser.add_argument("--official-step-kernels", type=_csv(str), default=plan.step_kernels)
+    parser.add_argument("--official-weight-modes", type=_csv(str), default=plan.weight_modes,
+                        help=_grid_help(plan.weight_modes))
+    parser.add_argument("--official-chunkwise-kernels", type=_csv(str), default=plan.chunkwise_kernels,
+                        help=_grid_help(plan.chunkwise_kernels))
+    parser.add_argument("--official-chunk-sizes", type=_csv(int), default=plan.chunk_sizes,
+                        help=_grid_help(plan.chunk_sizes))
+    parser.add_argument("--official-step-kernels", type=_csv(str), default=plan.step_kernels,
+                        help=_grid_help(plan.step_kernels))
     parser.add_argument("--official-compiled-step-kernels", type=_csv(str), default=plan.compiled_step_kernels,
                         help="step kernels also timed under torch.compile(mode='reduce-overhead') "
                              "(empty: no compiled decode)")
@@ -197,20 +206,6 @@ def _ratio(ours: float | None, official: float | None) -> float | None:
     return ours / official
 
 
-def _weight_bytes_read_per_step(model) -> int:
-    """Bytes of weights one decode step streams: every parameter but the embedding table
-    (of which a step reads one row)."""
-    embedding = model.embedding.weight
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding)
-
-
-def _state_bytes_per_sequence(config) -> int:
-    """fp32 (C, n, m) of every mLSTM block for one sequence."""
-    dhqk, dhv = config.qk_dim // config.num_heads, config.v_dim // config.num_heads
-    blocks = config.num_blocks - len(config.slstm_at)
-    return blocks * config.num_heads * (dhqk * dhv + dhqk + 1) * 4
-
-
 def _validate(args) -> list[int]:
     contexts = _parse_contexts(args.contexts)
     for name in ("new_tokens", "decode_prompt", "repeats"):
@@ -282,8 +277,8 @@ def run(args) -> int:
     model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=args.seed)
     fast = FastModel(model)
     result["ours"]["ops"] = fast.ops.name
-    result["decode_weight_bytes"] = _weight_bytes_read_per_step(model)
-    result["state_bytes_per_sequence"] = _state_bytes_per_sequence(config)
+    result["decode_weight_bytes"] = weight_bytes_read_per_step(model)
+    result["state_bytes_per_sequence"] = state_bytes_per_sequence(config)
     for L in contexts:
         knobs, source = _knobs_for(args, config.num_heads, L, device.type)
         result["ours"]["configs"][str(L)] = {"knobs": knobs, "source": source}

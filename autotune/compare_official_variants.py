@@ -112,6 +112,20 @@ class VariantResults:
                 "best": {w: (b["variant"] if (b := self.best(w)) else None) for w in self.entries}}
 
 
+def weight_bytes_read_per_step(model) -> int:
+    """Bytes of weights one decode step streams: every parameter but the embedding table
+    (of which a step reads one row)."""
+    embedding = model.embedding.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p is not embedding)
+
+
+def state_bytes_per_sequence(config) -> int:
+    """fp32 (C, n, m) of every mLSTM block for one sequence."""
+    dhqk, dhv = config.qk_dim // config.num_heads, config.v_dim // config.num_heads
+    blocks = config.num_blocks - len(config.slstm_at)
+    return blocks * config.num_heads * (dhqk * dhv + dhqk + 1) * 4
+
+
 def decode_bound_tok_s(weight_bytes: float, state_bytes_per_seq: float, batch: int, copy_bytes_per_s: float) -> float:
     """Tokens/s if a decode step only streamed the weights once and each sequence's state
     in and out once at the measured copy bandwidth (bytes read + written per second)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from autotune import compare_official as co
 from autotune.compare_official_variants import (
@@ -144,3 +145,15 @@ def test_the_official_grid_is_measured_in_full_without_a_gpu(monkeypatch):
     assert crashed["fused/xl/chunk64"] == "probe: exit code -6: LLVM assertion"
     assert crashed["single/triton/eager"] == "KeyError: 'Unknown step kernel backend name: triton'"
     assert len(results.entries["decode:b1"]) == 6
+
+
+def test_bytes_a_decode_step_streams():
+    from kernels import XLSTM, get_config
+    from autotune.compare_official_variants import state_bytes_per_sequence, weight_bytes_read_per_step
+
+    assert state_bytes_per_sequence(get_config("7b")) == 32 * 8 * (256 * 512 + 256 + 1) * 4  # 134.5 MB
+    config = get_config("tiny")  # one of its three blocks is sLSTM: no mLSTM state there
+    assert state_bytes_per_sequence(config) == 2 * 4 * (8 * 16 + 8 + 1) * 4
+    model = XLSTM(config, device="cpu", dtype=torch.bfloat16, seed=0)
+    every = sum(p.numel() * 2 for p in model.parameters())
+    assert weight_bytes_read_per_step(model) == every - config.vocab_size * config.embedding_dim * 2
