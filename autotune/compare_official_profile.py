@@ -8,7 +8,9 @@ each stage of each block inside a profiler range; every GPU kernel is counted in
 and classed as matmul (cuBLAS/CUTLASS) or not. The wall time of the same forward, timed
 without the profiler, minus the kernels' summed time is the time the GPU sat idle
 (launches, host work). Decode: the kernels of one step of the static decoder (the graph's
-kernels, run eagerly), against the step time of the CUDA graph.
+kernels, run eagerly), against the step time of the CUDA graph. Settings tried side by
+side, each with its output difference: decode tiles (DECODE_SETTINGS), the prefill cell's
+sub-chunk and output-kernel warps (CELL_SETTINGS), and the prefill as one CUDA graph.
 """
 
 from __future__ import annotations
@@ -209,6 +211,46 @@ def profile_decode(fast, steps: int, seed: int) -> dict:
     return out
 
 
+CELL_SETTINGS = {  # (sub_chunk, warps of the output kernel), tried side by side on one layer
+    "as shipped (128, 8 warps)": (128, 8),
+    "128, 16 warps": (128, 16),
+    "64, 8 warps": (64, 8),
+    "64, 16 warps": (64, 16),
+}
+
+
+def profile_cell(config, length: int, seed: int) -> dict:
+    """One layer's prefill cell (the Triton sub-chunk kernels) at `length` under each of
+    CELL_SETTINGS: ms per call (median of 5) and the largest h difference from the
+    shipped setting."""
+    from autotune.compare_official_model import timed
+    from kernels import chunkwise, triton_chunkwise
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    nh, dk, dv = config.num_heads, config.qk_dim // config.num_heads, config.v_dim // config.num_heads
+    q, k = (torch.randn(1, nh, length, dk, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
+    v = torch.randn(1, nh, length, dv, device="cuda", generator=g).to(torch.bfloat16)
+    i = 15 * torch.tanh((torch.randn(1, nh, length, device="cuda", generator=g) * 4 - 6) / 15)
+    f = 15 * torch.tanh((torch.randn(1, nh, length, device="cuda", generator=g) * 2 + 4) / 15)
+    shipped, out, reference = triton_chunkwise.OUTPUT_WARPS, {}, None
+    try:
+        for label, (sub_chunk, warps) in CELL_SETTINGS.items():
+            triton_chunkwise.OUTPUT_WARPS = warps
+
+            def call():
+                return chunkwise.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub_chunk, method="triton")[0]
+
+            h = call()
+            reference = h if reference is None else reference
+            ms = statistics.median(timed(call, 5)) * 1e3
+            out[label] = {"ms": ms, "max_abs_h_diff": (h.float() - reference.float()).abs().max().item()}
+            print(f"  cell L={length} {label:26} {ms:8.3f} ms/layer  max |dh| {out[label]['max_abs_h_diff']:.2e}",
+                  flush=True)
+    finally:
+        triton_chunkwise.OUTPUT_WARPS = shipped
+    return out
+
+
 def main(argv=None) -> int:
     from kernels import XLSTM, get_config
     from kernels.fastpath import FastModel
@@ -235,6 +277,8 @@ def main(argv=None) -> int:
         print("[profile] decode", file=sys.stderr, flush=True)
         result["decode"] = d = profile_decode(fast, args.decode_steps, args.seed)
         print(format_breakdown("decode step", d), flush=True)
+    print("[profile] prefill cell settings", file=sys.stderr, flush=True)
+    result["cell"] = profile_cell(model.config, 8192, args.seed)
     for L in sorted((int(x) for x in args.contexts.split(",") if x.strip()), reverse=True):
         print(f"[profile] prefill L={L}", file=sys.stderr, flush=True)
         result["prefill"][str(L)] = p = profile_prefill(fast, L, args.repeats, args.seed)

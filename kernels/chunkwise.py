@@ -353,7 +353,10 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
             warnings.warn(f"Triton sub-chunk kernels unavailable ({why}); using torch matmuls",
                           RuntimeWarning, stacklevel=3)
             return _run(prepare, q, k, v, i, f, state, sub_chunk, None)
-        current_run().record("prefill_cell", TRITON_CELL, {"sub_chunk": sub_chunk})
+        from kernels import triton_chunkwise
+
+        current_run().record("prefill_cell", TRITON_CELL,
+                             {"sub_chunk": sub_chunk, "output_warps": triton_chunkwise.OUTPUT_WARPS})
         if main < S:
             t = slice(main, S)  # the tail, shorter than one sub-chunk
             h[:, :, t], out_state = mlstm_block(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t],

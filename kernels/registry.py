@@ -67,6 +67,8 @@ DEFAULT_SUB_CHUNK = 128
 # Windows shorter than this many sub-chunks run through mlstm_block (one O(S²) matmul
 # form is cheaper than a scan of one or two steps).
 MIN_SUB_CHUNKS = 2
+OUTPUT_WARPS = (4, 8, 16)  # warps of the sub-chunk output kernel
+DEFAULT_OUTPUT_WARPS = 8
 STEP_TILES = (2048, 4096, 8192, 16384)
 DEFAULT_STEP_TILE = 8192
 ROWS_MAX_KS = (4096, 8192, 16384)
@@ -89,7 +91,9 @@ def _step_tile_fits(params: dict, shape: dict) -> str | None:
 
 
 _SPECS = (
-    KernelSpec("prefill_cell", "chunkwise--triton", (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK),), _sub_chunk_fits,
+    KernelSpec("prefill_cell", "chunkwise--triton",
+               (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK), Param("output_warps", OUTPUT_WARPS, DEFAULT_OUTPUT_WARPS)),
+               _sub_chunk_fits,
                "fused Triton sub-chunk kernels (bf16 q, k, v on CUDA; power-of-two sub_chunk >= 16)"),
     KernelSpec("prefill_cell", "chunkwise--split", (Param("sub_chunk", SUB_CHUNKS, DEFAULT_SUB_CHUNK),), _sub_chunk_fits,
                "torch, three-term bf16 tensor-core matmuls"),

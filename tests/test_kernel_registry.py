@@ -21,10 +21,11 @@ def test_names_per_family_and_clear_errors():
 
 def test_declared_parameters_and_constraints_apply_before_running():
     spec = get_kernel("prefill_cell", "chunkwise--triton")
-    assert spec.defaults() == {"sub_chunk": 128}
+    assert spec.defaults() == {"sub_chunk": 128, "output_warps": 8}
     assert spec.why_invalid({"sub_chunk": 48}, {}) .startswith("chunkwise--triton: sub_chunk must be one of")
     assert "at least 512 steps" in spec.why_invalid({"sub_chunk": 256}, {"seq_len": 300})
-    assert [s["sub_chunk"] for s in spec.valid_settings({"seq_len": 200})] == [32, 64]
+    assert sorted({s["sub_chunk"] for s in spec.valid_settings({"seq_len": 200})}) == [32, 64]
+    assert len(spec.valid_settings({"seq_len": 200})) == 2 * 3
     assert "no parameter 'tile'" in spec.why_invalid({"tile": 1}, {})
     ops = get_kernel("ops", "triton")
     assert "16 columns" in ops.why_invalid({"step_tile": 2048}, {"dhqk": 256})
