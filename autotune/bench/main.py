@@ -18,11 +18,10 @@ import traceback
 from typing import IO, Callable
 
 from autotune.bench import tuner_watch
-from autotune.bench.config import BenchConfig
+from autotune.bench.config import BenchRequest
 from autotune.bench.errors import EXIT_CODES, TIMEOUT, InvalidConfig, classify
 from autotune.bench.output import ResultChannel
-
-SCHEMA_VERSION = 1
+from autotune.bench.result import SCHEMA_VERSION
 
 log = logging.getLogger("autotune.bench")
 
@@ -57,7 +56,7 @@ class Progress:
                 log.warning("cleanup failed: %s", exc)
 
 
-def error_result(kind: str, message: str, config: BenchConfig | None, progress: Progress) -> dict:
+def error_result(kind: str, message: str, config: BenchRequest | None, progress: Progress) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "error",
@@ -95,7 +94,7 @@ def read_config_text(arg: str | None, stdin: IO[str] | None) -> str:
 class Watchdog:
     """Emits the timeout result and ends the process when the time limit passes."""
 
-    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchConfig, progress: Progress):
+    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchRequest, progress: Progress):
         self._limit_s = limit_s
         self._channel = channel
         self._config = config
@@ -132,19 +131,20 @@ class Watchdog:
         os._exit(code)
 
 
-def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False) -> int:
-    """Measure the config in `text`; emit exactly one result on `channel`; return the exit code."""
+def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache=None) -> int:
+    """Measure the config in `text`; emit exactly one result on `channel`; return the exit code.
+    cache: what a warm worker keeps between measurements (autotune.bench.measure.WarmCache)."""
     from autotune.bench.measure import measure
 
     progress = Progress()
     config = None
     dog = None
     try:
-        config = BenchConfig.from_json(text)
+        config = BenchRequest.from_json(text)
         if watchdog:
             dog = Watchdog(config.time_limit_s, channel, config, progress)
             dog.start()
-        body = measure(config, progress)
+        body = measure(config, progress, cache)
         result = {"schema_version": SCHEMA_VERSION, "status": "ok", **body, "config": config.to_dict()}
         progress.phase = "done"
         channel.emit(result)
@@ -176,12 +176,22 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Process entry: argv is [config-json] or [] (config on stdin)."""
+    """Process entry: argv is [config-json] or [] (config on stdin), optionally with
+    `--tuner PID:START` (the tuner this benchmark dies with) or `--worker` (measure
+    request after request: autotune.bench.worker)."""
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
-    tuner_watch.start()
     channel = ResultChannel(redirect_fds=True)
     try:
+        try:
+            tuner, argv = tuner_watch.from_argv(argv)
+        except ValueError as exc:
+            raise InvalidConfig(None, str(exc)) from None
+        tuner_watch.start(tuner)
+        if argv == ["--worker"]:
+            from autotune.bench.worker import serve
+
+            return serve(channel)
         if len(argv) > 1:
             raise InvalidConfig(None, "pass the whole config as one JSON argument (quote it)")
         try:

@@ -32,14 +32,14 @@ import time
 import torch
 
 from autotune.bench import env
-from autotune.bench.config import BenchConfig
+from autotune.bench.config import BenchRequest
 from autotune.bench.errors import BenchTimeout, InvalidConfig, check_finite
 from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_model
 from autotune.bench.stats import summary
+from autotune.names import torch_dtype
 
 log = logging.getLogger("autotune.bench")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # The drift reference: sequential, one band, the model's default chunking.
 REFERENCE_CHUNK = 64
 WARMUP_DECODE_STEPS = 2
@@ -48,13 +48,6 @@ WARM_WHEN_WITHIN = 0.10  # a compiled pass is warm when no more than 10% faster 
 # A timed prefill is taken to be at least this share of the fastest one before it, so a
 # run ends early only when even prefills 10% faster than any seen could not fit.
 PREFILL_FLOOR = 0.9
-
-
-def _knob_field(message: str) -> str:
-    for name in ("heads_per_band", "T_inner", "chunk_size", "workers"):
-        if name in message:
-            return name
-    return "knobs"
 
 
 class _Clock:
@@ -79,6 +72,10 @@ class _PeakMemory:
             self.source = "cuda_max_memory_allocated"
         elif device.type == "mps":
             self.source = "mps_driver_allocated_sampled"
+        elif _reset_rss_peak():
+            # Resident high-water mark of the timed repeats (the model included): the same
+            # figure in a fresh process and in a warm worker that measured other configs.
+            self.source = "vm_hwm"
         else:
             # Process-wide high-water mark since start (model, warm-up and Python included).
             self.source = "ru_maxrss"
@@ -86,6 +83,8 @@ class _PeakMemory:
     def reset(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.source == "vm_hwm":
+            _reset_rss_peak()
 
     def sample(self) -> None:
         if self.device.type == "mps":
@@ -96,11 +95,31 @@ class _PeakMemory:
             return int(torch.cuda.max_memory_allocated(self.device))
         if self.device.type == "mps":
             return self._mps_peak
+        if self.source == "vm_hwm":
+            return _status_kib("VmHWM") * 1024
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
-def ensure_time_for(progress, config: BenchConfig, prefills: int, fastest_s: float) -> None:
+def _reset_rss_peak() -> bool:
+    """Linux: restart the process's resident high-water mark (VmHWM) at its current size."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def ensure_time_for(progress, config: BenchRequest, prefills: int, fastest_s: float) -> None:
     """End the run now, as a timeout, when `prefills` more timed prefills cannot end
     within the time limit: the run is sure to reach it, and waiting for that costs the
     caller the rest of the limit."""
@@ -150,7 +169,7 @@ def _decode(decoder, scheduler, token, state, steps: int):
     return tokens[:, -1], decoder.state(), logits
 
 
-def _paths(model, scheduler, config: BenchConfig, device: torch.device):
+def _paths(model, scheduler, config: BenchRequest, device: torch.device, cache: NoCache):
     """The forward used for prefill and the decoder for generation.
 
     On CUDA: the fused-weight forward (kernels.fastpath) and a CUDA-graph decoder whose
@@ -164,7 +183,7 @@ def _paths(model, scheduler, config: BenchConfig, device: torch.device):
     if device.type == "cuda":
         from kernels.fastpath import FastModel
 
-        fast = FastModel(model)
+        fast = cache.get(("fast", id(model)), lambda: FastModel(model))
     decoder = make_decoder(model, scheduler, batch=config.batch, fast=fast,
                            graphs=device.type == "cuda" and config.backend != "ray")
     reason = getattr(decoder, "reason", None)
@@ -172,16 +191,37 @@ def _paths(model, scheduler, config: BenchConfig, device: torch.device):
     return (fast if fast is not None else model), decoder
 
 
+class NoCache:
+    """Builds everything afresh: one benchmark process, one measurement."""
+
+    def get(self, key, build):
+        return build()
+
+
+class WarmCache(NoCache):
+    """What a warm worker keeps between measurements: the models, whose weights depend
+    only on (shape, device, dtype, seed), never on the knobs. Schedulers, decoders,
+    CUDA graphs and prompts are built per measurement, exactly as in a fresh process."""
+
+    def __init__(self) -> None:
+        self._items: dict = {}
+
+    def get(self, key, build):
+        if key not in self._items:
+            self._items[key] = build()
+        return self._items[key]
+
+
 @torch.no_grad()
-def measure(config: BenchConfig, progress) -> dict:
+def measure(config: BenchRequest, progress, cache: NoCache | None = None) -> dict:
     with contextlib.ExitStack() as stack:
-        return _measure(config, progress, stack)
+        return _measure(config, progress, stack, cache or NoCache())
 
 
-def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict:
+def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache: NoCache) -> dict:
     from kernels import XLSTM, resolve_device
     from kernels.model import get_config
-    from schedulers import Knobs, PlanError, make_plan, make_scheduler
+    from schedulers import Knobs, make_scheduler
 
     timings = progress.timings
     t_start = time.perf_counter()
@@ -191,22 +231,19 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     except ValueError as exc:
         raise InvalidConfig("device", str(exc)) from None
     progress.device = device
-    dtype = DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     shape = get_config(config.shape)
-    knobs = config.knobs()
-    try:
-        make_plan(shape.num_heads, config.context, knobs)
-    except PlanError as exc:
-        raise InvalidConfig(_knob_field(str(exc)), str(exc)) from None
+    knobs = config.knobs()  # BenchRequest checked them against this shape's plan
 
     clock = _Clock(device)
     torch.manual_seed(config.seed)
-    model = XLSTM(shape, device=device, dtype=dtype, seed=config.seed)
+    model = cache.get(("model", config.shape, str(device), config.dtype, config.seed),
+                      lambda: XLSTM(shape, device=device, dtype=dtype, seed=config.seed))
     scheduler = make_scheduler(config.backend, knobs, device=device, dtype=dtype,
                                compile=config.compile, watchdog_s=config.time_limit_s)
     progress.on_cleanup(scheduler.close)
     model.cell_runner = scheduler
-    forward, decoder = _paths(model, scheduler, config, device)
+    forward, decoder = _paths(model, scheduler, config, device, cache)
     stack.enter_context(last_position_logits(model, forward if forward is not model else None))
     gen = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(0, shape.vocab_size, (config.batch, config.context), generator=gen).to(device)
@@ -307,7 +344,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     # ---- recall with the trained mqar-tiny model, same backend and knobs, float32
     progress.phase = "recall"
     t0 = time.perf_counter()
-    recall = _recall(config, device, knobs, scheduler, dtype)
+    recall = _recall(config, device, knobs, scheduler, dtype, cache)
     timings["recall_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -325,7 +362,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     return {"metrics": metrics, "counters": counters, "timings": dict(timings), "env": env.collect(device)}
 
 
-def _recall(config: BenchConfig, device, knobs, scheduler, dtype) -> dict:
+def _recall(config: BenchRequest, device, knobs, scheduler, dtype, cache: NoCache) -> dict:
     from kernels.model import get_config
     from schedulers import PlanError, make_plan, make_scheduler
 
@@ -347,7 +384,8 @@ def _recall(config: BenchConfig, device, knobs, scheduler, dtype) -> dict:
         runner = make_scheduler(config.backend, knobs, device=device, dtype=torch.float32,
                                 compile=config.compile, watchdog_s=config.time_limit_s)
     try:
-        model = recall_model(device, runner)
+        model = cache.get(("recall", str(device)), lambda: recall_model(device, runner))
+        model.cell_runner = runner
         return measure_recall(model, config.context, check=check_finite)
     finally:
         if runner is not scheduler:
