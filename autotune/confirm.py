@@ -129,7 +129,7 @@ def _measured(trial: FrozenTrial, outcomes: list[TrialOutcome], baseline: Baseli
         entry.update(error_kind=failed.error_kind, error_message=failed.error_message,
                      stderr_tail=failed.stderr_tail[-2000:])
         return entry
-    parts = [o.result.get("metrics") or {} for o in outcomes]
+    parts = [o.result.metrics for o in outcomes]
     per_process = [score_samples(m, baseline, weights) for m in parts]
     samples = [x for scores in per_process for x in scores]
     entry.update(metrics=pooled_metrics(parts), samples=samples, median=_median(samples),

@@ -151,6 +151,9 @@ def header_differences(stored: dict[str, Any], header: dict[str, Any]) -> list[s
         if section == "workload":
             old.pop("contexts", None)
             new.pop("contexts", None)
+        if section == "trials":  # what measures a run, not what it measures
+            old.pop("process", None)
+            new.pop("process", None)
         if old != new:
             differ.append(f"[{section}]")
     return differ
@@ -256,7 +259,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
                                              repeats=spec.workload.repeats, timeout_s=limit),
                                 timeout_s=limit, command=bench_command)
         journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
-                     "result": outcome.result, "wall_s": outcome.wall_s,
+                     "result": outcome.result.raw, "wall_s": outcome.wall_s,
                      "stderr_tail": outcome.stderr_tail if not outcome.ok else ""})
         elapsed = time.monotonic() - started
         eta = elapsed / n * (len(todo) - n)

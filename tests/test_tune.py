@@ -31,34 +31,39 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_BENCH = r'''
 import json, os, random, sys, time
-cfg = json.loads(sys.argv[1])
-print("fake bench: " + sys.argv[1], file=sys.stderr, flush=True)
 env = os.environ.get
-time.sleep(float(env("FAKE_BENCH_SLEEP", "0")))
 def fail(kind, message, code):
     print(json.dumps({"schema_version": 1, "status": "error", "error": {"kind": kind, "message": message}}))
     sys.exit(code)
-if env("FAKE_CRASH_HPB") and cfg["heads_per_band"] == int(env("FAKE_CRASH_HPB")):
-    print("Traceback: boom", file=sys.stderr)
-    sys.exit(1)
-if env("FAKE_FAIL_T_INNER") and cfg["T_inner"] == int(env("FAKE_FAIL_T_INNER")):
-    fail("numerical", "NaN in the outputs", 6)
-key = (cfg["workers"], cfg["heads_per_band"], cfg["chunk_size"], cfg["T_inner"], cfg["repeats"], cfg["context"])
-rng = random.Random(str(key))
-speed = 1.0 if env("FAKE_FLAT") else cfg["workers"] * (1 + cfg["chunk_size"] / 256)
-def metric(base):
-    s = sorted(base * speed * (1 + 0.02 * rng.random()) for _ in range(cfg["repeats"]))
-    return {"samples": s, "median": s[len(s) // 2], "iqr": s[-1] - s[0]}
-recall = 0.2 if env("FAKE_LOW_RECALL_WORKERS") and cfg["workers"] == int(env("FAKE_LOW_RECALL_WORKERS")) else 1.0
-print(json.dumps({
-    "schema_version": 1, "status": "ok", "config": cfg,
-    "metrics": {"prefill_tok_s": metric(1000.0), "decode_tok_s": metric(50.0), "ttft_ms": metric(2.0),
-                "peak_mem_bytes": 0, "state_bytes": 0, "recall": recall, "mqar_pairs": 8, "max_drift": 0.0},
-    "counters": {"kernel_calls": 3, "bands": 4 // cfg["heads_per_band"], "chunks": 1, "tasks": 1,
-                 "peak_concurrency": 1, "ordering_violations": 0, "decode": {"kernel_calls": 1}},
-    "timings": {"setup_s": 0.0, "warmup_s": 0.0, "measured_s": 0.0},
-    "env": {"device_name": "fake", "torch": "x", "project_version": "y"},
-}))
+def answer(cfg):
+    print("fake bench: " + json.dumps(cfg), file=sys.stderr, flush=True)
+    time.sleep(float(env("FAKE_BENCH_SLEEP", "0")))
+    if env("FAKE_CRASH_HPB") and cfg["heads_per_band"] == int(env("FAKE_CRASH_HPB")):
+        print("Traceback: boom", file=sys.stderr)
+        sys.exit(1)
+    if env("FAKE_FAIL_T_INNER") and cfg["T_inner"] == int(env("FAKE_FAIL_T_INNER")):
+        fail("numerical", "NaN in the outputs", 6)
+    key = (cfg["workers"], cfg["heads_per_band"], cfg["chunk_size"], cfg["T_inner"], cfg["repeats"], cfg["context"])
+    rng = random.Random(str(key))
+    speed = 1.0 if env("FAKE_FLAT") else cfg["workers"] * (1 + cfg["chunk_size"] / 256)
+    def metric(base):
+        s = sorted(base * speed * (1 + 0.02 * rng.random()) for _ in range(cfg["repeats"]))
+        return {"samples": s, "median": s[len(s) // 2], "iqr": s[-1] - s[0]}
+    recall = 0.2 if env("FAKE_LOW_RECALL_WORKERS") and cfg["workers"] == int(env("FAKE_LOW_RECALL_WORKERS")) else 1.0
+    print(json.dumps({
+        "schema_version": 1, "status": "ok", "config": cfg,
+        "metrics": {"prefill_tok_s": metric(1000.0), "decode_tok_s": metric(50.0), "ttft_ms": metric(2.0),
+                    "peak_mem_bytes": 0, "state_bytes": 0, "recall": recall, "mqar_pairs": 8, "max_drift": 0.0},
+        "counters": {"kernel_calls": 3, "bands": 4 // cfg["heads_per_band"], "chunks": 1, "tasks": 1,
+                     "peak_concurrency": 1, "ordering_violations": 0, "decode": {"kernel_calls": 1}},
+        "timings": {"setup_s": 0.0, "warmup_s": 0.0, "measured_s": 0.0, "pid": os.getpid()},
+        "env": {"device_name": "fake", "torch": "x", "project_version": "y"},
+    }), flush=True)
+if sys.argv[1] == "--worker":  # a warm worker: one request per stdin line
+    for line in sys.stdin:
+        answer(json.loads(line))
+else:
+    answer(json.loads(sys.argv[1]))
 '''
 
 @pytest.fixture
@@ -283,17 +288,21 @@ def test_wall_time_budget_stops_the_search(tmp_path, fake_bench, monkeypatch):
 
 
 def test_trial_timeout_adapts_to_the_baseline_and_is_capped(tmp_path, fake_bench):
+    from autotune.loop import Budget, SearchLoop
+
     spec = _spec(tmp_path, extra="[trials]\ntimeout_factor = 5\ntimeout_min_s = 30\ntimeout_cap_s = 120\n")
     tuner = ContextTuner(spec, _options(tmp_path, fake_bench), 64, storage=None, location=None,
                          device_kind="cpu", device="cpu", fingerprint={}, stop=None)
-    assert tuner._trial_timeout(3) == 120  # no baseline yet: the cap
+    loop = SearchLoop(tuner.session, [], stop=None, budget=Budget(5, None), device="cpu", heartbeat_s=1.0,
+                      process="fresh")
+    assert loop.trial_timeout(3) == 120  # no baseline yet: the cap
     for wall, expected in ((10.0, 50.0), (100.0, 120.0), (1.0, 30.0)):
-        tuner.baseline_wall_s = wall
-        assert tuner._trial_timeout(3) == expected
-    tuner.baseline_wall_s = 10.0
-    assert tuner._trial_timeout(6) == 100.0  # confirmation: twice the repeats, twice the time
-    config = tuner.bench_config({"workers": 2, "heads_per_band": 1, "chunk_size": 32, "T_inner": 8}, 3, 50.0)
-    assert config["time_limit_s"] < 50.0  # the child stops itself before the hard kill
+        tuner.session.baseline_wall_s = wall
+        assert loop.trial_timeout(3) == expected
+    tuner.session.baseline_wall_s = 10.0
+    assert loop.trial_timeout(6) == 100.0  # confirmation: twice the repeats, twice the time
+    request = loop.request({"workers": 2, "heads_per_band": 1, "chunk_size": 32, "T_inner": 8}, 3, 50.0)
+    assert request.time_limit_s < 50.0  # the child stops itself before the hard kill
 
 
 # ------------------------------------------------------------ store safety

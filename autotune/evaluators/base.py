@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from autotune.bench.config import BenchRequest
+from autotune.spec import PROCESSES as PROCESS_MODES  # [trials] process / --process
 from autotune.trials import TrialOutcome
-
-PROCESS_MODES = ("warm", "fresh")  # [trials] process / --process
 
 
 class Evaluator(Protocol):
