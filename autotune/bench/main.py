@@ -62,7 +62,8 @@ def error_result(kind: str, message: str, config: BenchRequest | None, progress:
         "status": "error",
         "error": {"kind": kind, "message": message, "phase": progress.phase},
         "config": config.to_dict() if config is not None else None,
-        "timings": dict(progress.timings),
+        # elapsed_s: when the run ended, by its own clock (its time limit counts from the same start)
+        "timings": {**progress.timings, "elapsed_s": round(time.perf_counter() - progress.started, 3)},
         "env": _env_or_none(progress.device),
     }
 

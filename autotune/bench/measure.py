@@ -11,9 +11,10 @@ Phases (each timed apart; only the repeats are timed regions):
            at the last prompt position and at the first decoded token
   recall   MQAR with the mqar-tiny checkpoint through the configured backend and knobs
 
-The time limit (time_limit_s) ends a run early as a timeout, after the warm-up and after
-each timed repeat, once the timed prefills still to come could not end within it even if
-each were 10% faster than the fastest seen; otherwise the watchdog ends it at the limit.
+The time limit (time_limit_s) ends a run early as a timeout, before each warm-up pass
+after the first, after the warm-up and after each timed repeat, once the prefills still
+to come could not end within it even if each were 10% faster than the fastest seen;
+otherwise the watchdog ends it at the limit.
 
 A prefill computes logits for the last prompt position only, as an inference runtime
 does (it needs the next token, not L x vocab logits); every position still runs through
@@ -117,6 +118,11 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise OSError(f"/proc/self/status has no {field}")
+
+
+def settles_over_passes(config: BenchRequest, device: torch.device) -> bool:
+    """Compiled kernels and GPU libraries settle over a few warm-up passes; eager CPU does not."""
+    return config.compile or device.type != "cpu"
 
 
 def ensure_time_for(progress, config: BenchRequest, prefills: int, fastest_s: float) -> None:
@@ -268,8 +274,9 @@ def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache:
     counters["decode"] = decoder.counters.as_dict()
     _decode(decoder, scheduler, logits[:, -1].argmax(dim=-1), decoder.state(), WARMUP_DECODE_STEPS - 1)
     passes, last = 1, clock.now() - t0
-    while config.compile or device.type != "cpu":
-        # Compiled kernels and GPU libraries settle over a few passes; eager CPU does not.
+    while settles_over_passes(config, device):
+        # Another pass is only worth it while it and the timed prefills still fit.
+        ensure_time_for(progress, config, config.repeats + 1, min(prefill_s))
         t1 = clock.now()
         _, state = forward(prompt)
         prefill_s.append(clock.now() - t1)
