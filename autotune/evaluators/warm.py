@@ -79,6 +79,13 @@ def _read_lines(pipe: IO[str], lines: queue.Queue) -> None:
     lines.put(_EOF)
 
 
+def _answers(result: BenchResult, request: BenchRequest) -> bool:
+    """The result is for `request`: every field the request set, as the worker read it
+    (a field left None is one the benchmark resolves, e.g. T_inner = chunk_size)."""
+    config = result.config or {}
+    return all(config.get(k) == v for k, v in request.to_dict().items() if v is not None)
+
+
 class WarmWorker:
     """The Evaluator of one slot: a worker process started on first use and replaced
     after anything it cannot vouch for."""
@@ -145,7 +152,7 @@ class WarmWorker:
         except BaseException:
             self.close()  # never leave a worker measuring for nobody
             raise
-        vouched = result.ok and result.config == request.to_dict()
+        vouched = result.ok and _answers(result, request)
         if result.ok and not vouched:
             result = BenchResult.failure("crash", "the worker answered with a result for another request")
         returncode = 0 if vouched else self._end_after_failure(proc)
