@@ -41,6 +41,7 @@ for line in sys.stdin:
     if how == 5:  # a line that is not a result
         print("not json", flush=True)
         continue
+    print("bench worker: end of request", file=sys.stderr, flush=True)
     print(json.dumps({"status": "ok", "config": cfg, "metrics": {"pid": os.getpid()}}), flush=True)
 '''
 
@@ -67,7 +68,9 @@ def test_one_worker_measures_request_after_request(fake_worker):
         assert all(o.ok for o in outcomes)
         assert len({o.result.metrics["pid"] for o in outcomes}) == 1 and worker.started == 1
         assert [o.result.config["workers"] for o in outcomes] == [1, 2, 4]
-        assert "got seed 0" in outcomes[2].stderr_tail and outcomes[2].stderr_tail.count("got seed") == 1
+        # Each request's stderr is its own (the worker marks where a request's lines end).
+        assert [o.stderr_tail.count("got seed 0") for o in outcomes[1:]] == [1, 1]
+        assert "end of request" not in outcomes[2].stderr_tail
     finally:
         worker.close()
 

@@ -20,6 +20,17 @@ from autotune.bench.main import run_text
 from autotune.bench.measure import WarmCache
 from autotune.bench.output import ResultChannel
 
+# Written to stderr just before each result line: the tuner then knows which stderr
+# lines belong to which request, although the two pipes are read apart.
+END_OF_REQUEST = "bench worker: end of request"
+
+
+class _Reply(ResultChannel):
+    def emit(self, result: dict) -> bool:
+        if self.emitted is None:
+            print(END_OF_REQUEST, file=sys.stderr, flush=True)
+        return super().emit(result)
+
 
 def serve(channel: ResultChannel) -> int:
     cache = WarmCache()
@@ -29,7 +40,7 @@ def serve(channel: ResultChannel) -> int:
             return 0
         if not line.strip():
             continue
-        code = run_text(line, ResultChannel(channel.stream), watchdog=True, cache=cache)
+        code = run_text(line, _Reply(channel.stream), watchdog=True, cache=cache)
         if code != 0:
             return code
         gc.collect()  # the last config's scheduler and tensors, before the next is timed

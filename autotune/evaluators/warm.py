@@ -24,6 +24,7 @@ from typing import IO, Sequence
 from autotune.bench.config import BenchRequest
 from autotune.bench.result import BenchResult
 from autotune.bench.tuner_watch import TunerIdentity
+from autotune.bench.worker import END_OF_REQUEST
 from autotune.trials import (
     BENCH_COMMAND,
     INTERRUPTED,
@@ -49,15 +50,27 @@ class _StderrLog:
         self._chunks: collections.deque[str] = collections.deque()
         self._size = 0
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)
+        self.ends = 0  # end-of-request markers read so far
         threading.Thread(target=self._read, args=(pipe,), name="worker-stderr", daemon=True).start()
 
     def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
+            if line.rstrip("\n") == END_OF_REQUEST:
+                with self._lock:
+                    self.ends += 1
+                    self._ended.notify_all()
+                continue
             with self._lock:
                 self._chunks.append(line)
                 self._size += len(line)
                 while self._size > 4 * STDERR_TAIL_CHARS and len(self._chunks) > 1:
                     self._size -= len(self._chunks.popleft())
+
+    def wait_for_end(self, count: int, timeout_s: float = 2.0) -> None:
+        """Until `count` requests' lines are read (each marker precedes its result line)."""
+        with self._lock:
+            self._ended.wait_for(lambda: self.ends >= count, timeout=timeout_s)
 
     def peek(self) -> str:
         with self._lock:
@@ -101,6 +114,7 @@ class WarmWorker:
         self._proc: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._stderr: _StderrLog | None = None
+        self._answered = 0
 
     @property
     def pid(self) -> int | None:
@@ -121,6 +135,7 @@ class WarmWorker:
         threading.Thread(target=_read_lines, args=(self._proc.stdout, self._lines),
                          name="worker-stdout", daemon=True).start()
         self._stderr = _StderrLog(self._proc.stderr)
+        self._answered = 0  # results this process gave
         self.started += 1
         return self._proc
 
@@ -155,6 +170,9 @@ class WarmWorker:
         vouched = result.ok and _answers(result, request)
         if result.ok and not vouched:
             result = BenchResult.failure("crash", "the worker answered with a result for another request")
+        self._answered += 1
+        if self._stderr is not None and (self.command == BENCH_COMMAND or self._stderr.ends):
+            self._stderr.wait_for_end(self._answered)  # the worker marks the end of each request
         returncode = 0 if vouched else self._end_after_failure(proc)
         stderr_tail = tail(self._stderr.take() if self._stderr else "")
         return TrialOutcome(result, stderr_tail, time.monotonic() - start, returncode, interrupted=interrupted)
