@@ -1,7 +1,8 @@
 """`autotune sweep`: measure every valid config of a spec at one context length.
 
-Each config runs `--repeats` times, each time in its own benchmark child (the same
-`autotune.trials.run_benchmark` the tuner uses), in one shuffled order over all
+Each config runs `--repeats` times, by default each time in its own benchmark process
+(the tuner's evaluators, autotune.evaluators; `--process warm` measures run after run in
+one warm worker instead), in one shuffled order over all
 (config, repeat) pairs so that drift of the machine spreads evenly over the configs;
 the baseline's first run leads, since every score is relative to it.
 Every run's raw result is kept. The surface file (format in the README, section
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
                         help="start no run that could end later than this (exit code 3, journal kept; "
                              "the same command continues)")
+    parser.add_argument("--process", choices=("fresh", "warm"), default="fresh",
+                        help="fresh (default): every run in its own benchmark process, so the surface holds the "
+                             "spread between processes; warm: one worker measures run after run (faster)")
     parser.add_argument("--out", metavar="FILE",
                         help="surface file (default studies/surfaces/<device>-<shape>-<backends>-L<context>.json)")
 
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after <= 0:
         raise UserError(f"--stop-after must be a positive number of seconds, got {args.stop_after:g}")
     path = sweep(spec, context, backends, repeats=args.repeats, seed=args.seed,
-                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after)
+                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after,
+                 process=args.process)
     if path is None:
         return EXIT_STOPPED
     print(path)
@@ -213,14 +218,14 @@ class Journal:
 # ------------------------------------------------------------------------------ sweep
 def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT_REPEATS, seed: int = 0,
           out: Path | None = None, timeout_s: float | None = None, stop_after_s: float | None = None,
-          bench_command: Sequence[str] | None = None,
+          bench_command: Sequence[str] | None = None, process: str = "fresh",
           log: Callable[[str], None] | None = None) -> Path | None:
     """Measure every valid config `repeats` times and write the surface file; returns its
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
+    from autotune.evaluators import make_evaluator
     from autotune.store import machine_fingerprint
-    from autotune.trials import bench_request, run_benchmark
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
@@ -236,11 +241,34 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
                                      machine=machine_fingerprint(device)))
     base_index = space.index(baseline)
     order = run_order(len(space), repeats, seed, first=base_index)
-    position = {pair: k for k, pair in enumerate(order)}
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]
     log(f"sweep {out.name}: {len(space)} configs x {repeats} runs = {len(order)} runs"
         + (f" ({len(order) - len(todo)} already done, resuming)" if len(todo) < len(order) else ""))
     _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
+    evaluator = make_evaluator(process, command=bench_command)
+    try:
+        if not _run_all(spec, space, journal, order, todo, base_index, baseline, context=context, repeats=repeats,
+                        device=device_str, timeout_s=timeout_s, stop_after_s=stop_after_s, evaluator=evaluator,
+                        log=log):
+            return None
+    finally:
+        evaluator.close()
+    doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
+                        repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    journal.path.unlink()
+    return out
+
+
+def _run_all(spec, space, journal: Journal, order, todo, base_index: int, baseline, *, context: int, repeats: int,
+             device: str, timeout_s: float | None, stop_after_s: float | None, evaluator,
+             log: Callable[[str], None]) -> bool:
+    """Measure the runs still to do, in order, journalling each; False when
+    --stop-after ended the sweep first."""
+    from autotune.trials import bench_request
+
+    position = {pair: k for k, pair in enumerate(order)}
     limits = spec.trials
     started = time.monotonic()
     for n, (index, repeat) in enumerate(todo, start=1):
@@ -253,11 +281,10 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
                                 f"(each may take up to {limit:g} s)")
             log(f"stopped after {n - 1} runs: the next could end past --stop-after {stop_after_s:g} s; "
                 f"{len(todo) - n + 1} to go, the same command continues from {journal.path}")
-            return None
+            return False
         knobs = space.configs[index]
-        outcome = run_benchmark(bench_request(spec, device=device_str, context=context, params=knobs,
-                                             repeats=spec.workload.repeats, timeout_s=limit),
-                                timeout_s=limit, command=bench_command)
+        outcome = evaluator.measure(bench_request(spec, device=device, context=context, params=knobs,
+                                                  repeats=spec.workload.repeats, timeout_s=limit), timeout_s=limit)
         journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
                      "result": outcome.result.raw, "wall_s": outcome.wall_s,
                      "stderr_tail": outcome.stderr_tail if not outcome.ok else ""})
@@ -268,12 +295,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
             f"{status} in {outcome.wall_s:.1f} s; ETA {eta / 60:.1f} min")
         if index == base_index:
             _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
-    doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
-                        repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    journal.path.unlink()
-    return out
+    return True
 
 
 def _refuse_a_failed_baseline(journal: Journal, base_index: int, repeats: int, baseline: dict[str, Any]) -> None:

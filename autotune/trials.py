@@ -1,4 +1,4 @@
-"""Run one benchmark child: `python -m autotune.bench '<request json>' --tuner PID:START`.
+"""Run one benchmark child: `python -m autotune.bench --tuner PID:START '<request json>'`.
 
 The child runs in its own session (so a Ctrl-C at the terminal never reaches it and a
 kill reaches everything it started), with stdin closed and a hard time limit, and is
@@ -166,7 +166,7 @@ def run_benchmark(
     tuner: the process the child watches and dies with (default: this one).
     """
     tuner = tuner or TunerIdentity.of_this_process()
-    argv = [*(command or BENCH_COMMAND), request_json(request), *tuner.argv()]
+    argv = [*(command or BENCH_COMMAND), *tuner.argv(), request_json(request)]
     start = time.monotonic()
     deadline = start + timeout_s
     proc = subprocess.Popen(

@@ -38,8 +38,8 @@ def answer(cfg):
     }), flush=True)
 
 
-if sys.argv[1] == "--worker":  # a warm worker: one request per stdin line
+if sys.argv[-1] == "--worker":  # a warm worker: one request per stdin line
     for line in sys.stdin:
         answer(json.loads(line))
 else:
-    answer(json.loads(sys.argv[1]))
+    answer(json.loads(sys.argv[-1]))

@@ -23,7 +23,7 @@ REQUEST = BenchRequest(shape="tiny", device="cpu", workers=2, heads_per_band=2, 
 # A fake worker: answers each stdin line; the request's `seed` says how to misbehave.
 FAKE_WORKER = r'''
 import json, os, sys, time
-assert sys.argv[1] == "--worker" and sys.argv[2] == "--tuner"
+assert sys.argv[1] == "--tuner" and sys.argv[-1] == "--worker"
 for line in sys.stdin:
     cfg = json.loads(line)
     print(f"worker {os.getpid()} got seed {cfg['seed']}", file=sys.stderr, flush=True)

@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
 def test_ok_result_is_the_last_stdout_line_and_stderr_tail_is_kept(tmp_path):
     cmd = _script(tmp_path, "ok.py", """
         import json, sys
-        cfg = json.loads(sys.argv[1])
+        cfg = json.loads(sys.argv[-1])
         print("noise on stdout before the result")
         for i in range(2000):
             print(f"log line {i}", file=sys.stderr)
@@ -236,9 +236,9 @@ def test_result_json_round_trips_the_config(tmp_path):
     config = {"shape": "tiny", "note": "ü ' \" $HOME", "nested": {"a": [1, 2]}}
     outcome = run_benchmark(config, timeout_s=30, command=cmd)
     argv = outcome.result.raw["argv"]
-    assert len(argv) == 3 and argv[1] == "--tuner"  # the request, then who the tuner is
-    assert argv[2].startswith(f"{os.getpid()}:")
-    assert json.loads(outcome.result.raw["argv"][0]) == config
+    assert len(argv) == 3 and argv[0] == "--tuner"  # who the tuner is, then the request
+    assert argv[1].startswith(f"{os.getpid()}:")
+    assert json.loads(argv[2]) == config
 
 
 def test_a_benchmark_ends_itself_when_its_tuner_is_killed(tmp_path):

@@ -59,11 +59,11 @@ def answer(cfg):
         "timings": {"setup_s": 0.0, "warmup_s": 0.0, "measured_s": 0.0, "pid": os.getpid()},
         "env": {"device_name": "fake", "torch": "x", "project_version": "y"},
     }), flush=True)
-if sys.argv[1] == "--worker":  # a warm worker: one request per stdin line
+if sys.argv[-1] == "--worker":  # a warm worker: one request per stdin line
     for line in sys.stdin:
         answer(json.loads(line))
 else:
-    answer(json.loads(sys.argv[1]))
+    answer(json.loads(sys.argv[-1]))
 '''
 
 @pytest.fixture

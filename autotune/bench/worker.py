@@ -1,4 +1,4 @@
-"""A warm benchmark worker: `python -m autotune.bench --worker --tuner PID:START`.
+"""A warm benchmark worker: `python -m autotune.bench --tuner PID:START --worker`.
 
 It reads one request (a BenchRequest as JSON) per stdin line and answers each with one
 result line on stdout, measured exactly as a benchmark process measures one config

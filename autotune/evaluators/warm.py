@@ -126,7 +126,7 @@ class WarmWorker:
         self.close()
         tuner = self.tuner or TunerIdentity.of_this_process()
         self._proc = subprocess.Popen(
-            [*self.command, WORKER_ARG, *tuner.argv()],
+            [*self.command, *tuner.argv(), WORKER_ARG],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             start_new_session=True, env=dict(os.environ if self.env is None else self.env),
             text=True, errors="replace", bufsize=1,
