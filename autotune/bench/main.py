@@ -23,6 +23,9 @@ from autotune.bench.errors import EXIT_CODES, TIMEOUT, InvalidConfig, classify
 from autotune.bench.output import ResultChannel
 from autotune.bench.result import SCHEMA_VERSION
 
+WORKER_ARG = "--worker"
+END_OF_REQUEST = "bench worker: end of request"  # a warm worker's stderr line before each result
+
 log = logging.getLogger("autotune.bench")
 
 # A watchdog thread cannot run while C code holds the GIL; faulthandler's C thread can.
@@ -167,6 +170,40 @@ def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache
             dog.cancel()
 
 
+class _Reply(ResultChannel):
+    """A warm worker's answer to one request: the end-of-request marker goes to stderr
+    just before the result line, so the tuner knows which stderr lines were this
+    request's, although it reads the two pipes apart."""
+
+    def emit(self, result: dict) -> bool:
+        if self.emitted is None:
+            print(END_OF_REQUEST, file=sys.stderr, flush=True)
+        return super().emit(result)
+
+
+def serve(channel: ResultChannel) -> int:
+    """A warm worker: measure each request line as a benchmark process measures its one
+    config (run_text), keeping what never depends on the knobs (WarmCache). A worker
+    vouches only for a process in which nothing has gone wrong: after an error result
+    it exits (a CUDA error can poison the context, an OOM leaves fragments, a timeout a
+    stuck thread) and the tuner starts a fresh one. End of stdin ends it."""
+    import gc
+
+    from autotune.bench.measure import WarmCache
+
+    cache = WarmCache()
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        code = run_text(line, _Reply(channel.stream), watchdog=True, cache=cache)
+        if code != 0:
+            return code
+        gc.collect()  # the last config's scheduler and tensors, before the next is timed
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("bench %(levelname)s %(message)s"))
@@ -178,8 +215,8 @@ def configure_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Process entry: argv is [config-json] or [] (config on stdin), optionally with
-    `--tuner PID:START` (the tuner this benchmark dies with) or `--worker` (measure
-    request after request: autotune.bench.worker)."""
+    `--tuner PID:START` (the tuner this benchmark dies with), or `--worker`: measure
+    request after request, one JSON line each on stdin (a warm worker)."""
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
     channel = ResultChannel(redirect_fds=True)
@@ -189,9 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise InvalidConfig(None, str(exc)) from None
         tuner_watch.start(tuner)
-        if argv == ["--worker"]:
-            from autotune.bench.worker import serve
-
+        if argv == [WORKER_ARG]:
             return serve(channel)
         if len(argv) > 1:
             raise InvalidConfig(None, "pass the whole config as one JSON argument (quote it)")

@@ -1,8 +1,8 @@
 """A warm benchmark worker: one process that measures config after config.
 
-The worker (`python -m autotune.bench --worker`, autotune.bench.worker) keeps torch,
-the models and compiled kernels loaded; each request still gets its own scheduler,
-warm-up, repeats, drift and recall. It runs in its own session like a fresh benchmark,
+The worker (`python -m autotune.bench --tuner PID:START --worker`, bench.main.serve)
+keeps torch, the models and compiled kernels loaded; each request still gets its own
+scheduler, warm-up, repeats, drift and recall. It runs in its own session like a fresh benchmark,
 with the tuner's identity on its command line so that it dies with the tuner.
 
 This side vouches for a result only when the worker answered the request it was sent
@@ -24,7 +24,7 @@ from typing import IO, Sequence
 from autotune.bench.config import BenchRequest
 from autotune.bench.result import BenchResult
 from autotune.bench.tuner_watch import TunerIdentity
-from autotune.bench.worker import END_OF_REQUEST
+from autotune.bench.main import END_OF_REQUEST, WORKER_ARG
 from autotune.trials import (
     BENCH_COMMAND,
     INTERRUPTED,
@@ -38,7 +38,6 @@ from autotune.trials import (
     timeout_result,
 )
 
-WORKER_ARG = "--worker"
 EXIT_WAIT_S = 5.0  # a worker that reported an error exits by itself; after this it is killed
 _EOF = None
 
