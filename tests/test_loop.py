@@ -142,3 +142,24 @@ def test_a_failing_baseline_ends_the_search_with_its_error(tmp_path):
     loop = _run(session, [surface], 5)
     assert loop.error.startswith("the baseline config") and "crash: boom" in loop.error
     assert len(session.trials()) == 1
+
+
+def test_a_surface_evaluator_answers_from_a_sweep_surface_in_turn():
+    from autotune.bench.config import BenchRequest
+
+    doc = {"entries": [
+        {"config": {"workers": 1, "heads_per_band": 4, "chunk_size": 64, "T_inner": 64},
+         "runs": [{"status": "ok", "metrics": {"prefill_tok_s": _metric(1.0)}},
+                  {"status": "ok", "metrics": {"prefill_tok_s": _metric(2.0)}}]},
+        {"config": {"workers": 2, "heads_per_band": 2, "chunk_size": 64, "T_inner": 64},
+         "runs": [{"status": "error", "error": {"kind": "oom", "message": "fake"}}]},
+    ]}
+    surface = SurfaceEvaluator.from_surface(doc, "queued")
+    first = BenchRequest(shape="tiny", backend="queued", workers=1, heads_per_band=4, chunk_size=64, T_inner=64)
+    medians = [surface.measure(first, timeout_s=1).result.metrics["prefill_tok_s"]["median"] for _ in range(3)]
+    assert medians == [1.0, 2.0, 1.0]  # the recorded runs in turn, as re-measurements
+    assert surface.measure(first, timeout_s=1).result.config == first.to_dict()
+    oom = surface.measure(first.with_changes(workers=2, heads_per_band=2), timeout_s=1)
+    assert not oom.ok and oom.error_kind == "oom"
+    missing = surface.measure(first.with_changes(chunk_size=32, T_inner=32), timeout_s=1)
+    assert missing.error_kind == "missing" and "no run" in missing.error_message

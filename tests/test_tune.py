@@ -160,6 +160,36 @@ def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake
     assert "tuned config confirmed" in out.out
 
 
+def test_warm_workers_measure_by_default_and_process_fresh_starts_one_per_trial(tmp_path, fake_bench):
+    """One warm worker measures every trial of a study (one pid); `[trials] process =
+    "fresh"` or `--process fresh` runs a process per trial; the trial says which."""
+    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench)) == 0
+    trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
+    assert {t.user_attrs["process"] for t in trials} == {"warm"}
+    assert len({t.user_attrs["timings"]["pid"] for t in trials}) == 1
+    assert len({t.user_attrs["bench_pid"] for t in trials}) == 1
+    fresh_spec = _spec(tmp_path, extra='[trials]\nprocess = "fresh"\n')
+    assert fresh_spec.trials.process == "fresh"
+    options = _options(tmp_path, fake_bench, storage=f"sqlite:///{tmp_path}/fresh.db")
+    assert tune(fresh_spec, options) == 0
+    trials = optuna.load_study(study_name="tiny/cpu/queued/L64", storage=options.storage).get_trials()
+    assert {t.user_attrs["process"] for t in trials} == {"fresh"}
+    assert len({t.user_attrs["timings"]["pid"] for t in trials}) == len(trials) == 5
+
+
+def test_the_process_setting_is_checked_and_overridden_on_the_command_line(tmp_path):
+    from autotune.spec import SpecError
+    from autotune.tune import add_arguments
+    import argparse
+
+    with pytest.raises(SpecError, match="process"):
+        _spec(tmp_path, extra='[trials]\nprocess = "lukewarm"\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--study", "x.toml"]).process is None  # the spec decides
+    assert parser.parse_args(["--study", "x.toml", "--process", "fresh"]).process == "fresh"
+
+
 def test_flat_surface_keeps_the_baseline(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_FLAT", "1")
     spec = _spec(tmp_path)
