@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from autotune.cli import UserError
+from autotune.names import KNOBS
 
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 OFFICIAL_PACKAGES = "xlstm==2.0.6 mlstm_kernels==2.0.6"
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autotune.cli import UserError
-from autotune.defaults import KNOBS
+from autotune.names import KNOBS
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3

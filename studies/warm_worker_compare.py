@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                              "timings": outcome.result.timings,
                              **{m: outcome.result.metrics.get(m, {}).get("median") for m in METRICS}}
             rows.append(row)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps({"rows": rows}, indent=1) + "\n")  # kept if the run is cut off
             print(f"[{i}/{len(configs)}] {config}: " + ", ".join(
                 f"{mode} {row[mode]['wall_s']:.1f} s" for mode in ("fresh_a", "warm", "fresh_b")), file=sys.stderr)
     finally:

@@ -54,17 +54,18 @@ class _StderrLog:
         threading.Thread(target=self._read, args=(pipe,), name="worker-stderr", daemon=True).start()
 
     def _read(self, pipe: IO[str]) -> None:
-        for line in pipe:
-            if line.rstrip("\n") == END_OF_REQUEST:
+        with pipe:  # the reader closes its pipe at the worker's end
+            for line in pipe:
+                if line.rstrip("\n") == END_OF_REQUEST:
+                    with self._lock:
+                        self.ends += 1
+                        self._ended.notify_all()
+                    continue
                 with self._lock:
-                    self.ends += 1
-                    self._ended.notify_all()
-                continue
-            with self._lock:
-                self._chunks.append(line)
-                self._size += len(line)
-                while self._size > 4 * STDERR_TAIL_CHARS and len(self._chunks) > 1:
-                    self._size -= len(self._chunks.popleft())
+                    self._chunks.append(line)
+                    self._size += len(line)
+                    while self._size > 4 * STDERR_TAIL_CHARS and len(self._chunks) > 1:
+                        self._size -= len(self._chunks.popleft())
 
     def wait_for_end(self, count: int, timeout_s: float = 2.0) -> None:
         """Until `count` requests' lines are read (each marker precedes its result line)."""
@@ -85,9 +86,10 @@ class _StderrLog:
 
 
 def _read_lines(pipe: IO[str], lines: queue.Queue) -> None:
-    for line in pipe:
-        if line.strip():
-            lines.put(line)
+    with pipe:  # the reader closes its pipe at the worker's end
+        for line in pipe:
+            if line.strip():
+                lines.put(line)
     lines.put(_EOF)
 
 
@@ -147,11 +149,10 @@ class WarmWorker:
             KillGroup(proc)()
         proc.wait()
         kill_leftovers(proc.pid)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass  # a broken pipe: the worker is gone already
 
     def measure(self, request: BenchRequest, *, timeout_s: float, on_tick=None, tick_s: float = 10.0,
                 cancel=None, on_start=None) -> TrialOutcome:
