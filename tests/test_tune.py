@@ -500,6 +500,27 @@ def test_second_ctrl_c_kills_the_trial_and_queues_it_again(tmp_path, fake_bench)
     assert queued[0].system_attrs["fixed_params"] == killed.params
 
 
+def test_a_warm_worker_killed_mid_trial_fails_that_trial_and_a_new_worker_takes_over(tmp_path, fake_bench):
+    """kill -9 of the warm worker (not the tuner): its trial is a crash FAIL, as for a
+    fresh benchmark process; the tuner starts another worker and spends the budget,
+    measuring no config twice."""
+    _spec(tmp_path, top_k=0)
+    proc = _start_tuner(tmp_path, fake_bench, 5, {"FAKE_BENCH_SLEEP": "1"})
+    trial = wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 1), 60, "a trial after the baseline to run")
+    worker = trial.user_attrs["bench_pid"]
+    os.killpg(worker, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
+    killed = trials[trial.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["error_kind"] == "crash"
+    assert "signal 9" in killed.user_attrs["error_message"]
+    assert len(trials) == 5 and sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5  # nothing measured twice
+    later = {t.user_attrs["bench_pid"] for t in trials[trial.number + 1:]}
+    assert later and worker not in later  # a new worker measured the rest
+
+
 # ------------------------------------------------- end to end, real benchmark
 def _real_bench_ready() -> bool:
     try:
