@@ -161,7 +161,7 @@ class ContextTuner:
         )
         if verdict is None:
             self.result.notes.append("confirmation cancelled; it runs again next time")
-        self.result.verdict = verdict
+        self.result.verdict = verdict.as_attr() if verdict is not None else None
 
     def _score_of(self, outcome: TrialOutcome) -> str:
         """One process's score, as text: confirmation shows how far processes differ."""
