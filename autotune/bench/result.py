@@ -1,6 +1,6 @@
 """The benchmark's output, typed: one BenchResult per measurement.
 
-The benchmark prints it as one JSON line (README, section `bench`); the tuner, the
+The benchmark prints it as one JSON line (docs/benchmark.md); the tuner, the
 sweep and confirmation read it only through this class. `raw` keeps the JSON object as
 received, for the sweep journal and anything else that stores results whole.
 """
