@@ -19,11 +19,12 @@ from autotune import confirm as confirmation
 from autotune import records as R
 from autotune.evaluators import FreshProcess, make_evaluator
 from autotune.locks import NamedLocks
-from autotune.loop import WAIT_S, Budget, SearchLoop
+from autotune.loop import WAIT_S, SearchLoop
 from autotune.objective import score
 from autotune.session import StudySession
 from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
+from autotune.study_search import Budget, StudySearch
 from autotune.store import STALE_AFTER_S, StorageURL
 from autotune.trials import TrialOutcome
 from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say
@@ -67,10 +68,9 @@ class ContextTuner:
         if text not in self.result.notes:
             self.result.notes.append(text)
 
-    def _loop(self, deadline: float | None, evaluators) -> SearchLoop:
-        return SearchLoop(self.session, evaluators, stop=self.stop,
-                          budget=Budget(self.options.n_trials, deadline), device=self.device,
-                          heartbeat_s=self.options.heartbeat_s, process=self.process, note=self._note)
+    def _search(self, deadline: float | None, progress: Progress | None = None) -> StudySearch:
+        return StudySearch(self.session, budget=Budget(self.options.n_trials, deadline), device=self.device,
+                           process=self.process, progress=progress, note=self._note)
 
     def run(self, deadline: float | None) -> ContextResult:
         session = self.session
@@ -78,16 +78,16 @@ class ContextTuner:
         self.result.study = study.study_name
         evaluators = [(slot, make_evaluator(self.process, command=self.options.bench_command, env=slot.env()))
                       for slot in self.slots]
-        loop = self._loop(deadline, evaluators)
         progress = Progress(self.context, self.options.n_trials, len(session.counted()), deadline)
+        search = self._search(deadline, progress)
         started = time.monotonic()
         try:
-            loop.run(progress)
+            SearchLoop(search, evaluators, stop=self.stop, tick_s=self.options.heartbeat_s).run()
         finally:
             progress.close()
             for _, evaluator in evaluators:
                 evaluator.close()  # a warm worker holds the device: free it for confirmation
-        self.result.error = loop.error
+        self.result.error = search.error
         self._note_rate(progress.measured, time.monotonic() - started)
         if self.result.error or self.stop.kill_requested():
             return self._finish()
@@ -95,8 +95,7 @@ class ContextTuner:
         if self.options.confirm:
             with session.locks.hold(f"confirm:{session.name}"):
                 # One worker confirms at a time; the next finds the verdict current and keeps it.
-                self._confirm(self._loop(None, [(self.slots[0], FreshProcess(self.options.bench_command,
-                                                                              self.slots[0].env()))]))
+                self._confirm()
         else:
             self._note("confirmation skipped (--skip-confirmation); a run without it confirms")
         return self._finish()
@@ -132,7 +131,7 @@ class ContextTuner:
             time.sleep(WAIT_S)
 
     # -- confirmation and summary ---------------------------------------------
-    def _confirm(self, loop: SearchLoop) -> None:
+    def _confirm(self) -> None:
         session, settings = self.session, self.spec.confirmation
         baseline_trial = session.baseline_trial()
         if baseline_trial is None or session.baseline is None or settings.top_k == 0:
@@ -141,12 +140,15 @@ class ContextTuner:
             self.result.verdict = session.study.user_attrs[R.STUDY_CONFIRMATION]
             return
         presses_at_start = self.stop.presses
-        (slot, evaluator), = loop.evaluators
+        search, slot = self._search(None), self.slots[0]
+        # In fresh processes: confirmation weighs configs against the spread between processes.
+        evaluator = FreshProcess(self.options.bench_command, slot.env())
+        loop = SearchLoop(search, [(slot, evaluator)], stop=self.stop, tick_s=self.options.heartbeat_s)
 
         def measure(params: dict[str, Any], repeats: int) -> TrialOutcome | None:
             if self.stop.presses > presses_at_start:
                 return None  # Ctrl-C during confirmation: no further measurement
-            _, outcome = loop.measure(evaluator, params, repeats)
+            outcome = loop.measure(evaluator, search.step(params, repeats))
             if outcome.interrupted:
                 return None
             say(f"L{self.context} confirm {fmt_config(params)} ({repeats} repeats): "

@@ -24,13 +24,15 @@ import json
 import random
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autotune.cli import UserError
+from autotune.loop import SearchLoop
 from autotune.names import KNOBS
+from autotune.sweep_runs import SweepRuns, refuse_a_failed_baseline
+from autotune.workers import Slot
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
@@ -244,68 +246,22 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]
     log(f"sweep {out.name}: {len(space)} configs x {repeats} runs = {len(order)} runs"
         + (f" ({len(order) - len(todo)} already done, resuming)" if len(todo) < len(order) else ""))
-    _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
+    refuse_a_failed_baseline(journal, base_index, repeats, baseline)
+    search = SweepRuns(spec, space, journal, order, todo, base_index, baseline, context=context, repeats=repeats,
+                       device=device_str, timeout_s=timeout_s, stop_after_s=stop_after_s, log=log)
     evaluator = make_evaluator(process, command=bench_command)
     try:
-        if not _run_all(spec, space, journal, order, todo, base_index, baseline, context=context, repeats=repeats,
-                        device=device_str, timeout_s=timeout_s, stop_after_s=stop_after_s, evaluator=evaluator,
-                        log=log):
-            return None
+        SearchLoop(search, [(Slot(), evaluator)]).run()
     finally:
         evaluator.close()
+    if search.stopped:
+        return None
     doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
                         repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     journal.path.unlink()
     return out
-
-
-def _run_all(spec, space, journal: Journal, order, todo, base_index: int, baseline, *, context: int, repeats: int,
-             device: str, timeout_s: float | None, stop_after_s: float | None, evaluator,
-             log: Callable[[str], None]) -> bool:
-    """Measure the runs still to do, in order, journalling each; False when
-    --stop-after ended the sweep first."""
-    from autotune.trials import bench_request
-
-    position = {pair: k for k, pair in enumerate(order)}
-    limits = spec.trials
-    started = time.monotonic()
-    for n, (index, repeat) in enumerate(todo, start=1):
-        walls = [row["wall_s"] for row in journal.runs.values() if row["result"].get("status") == "ok"]
-        limit = timeout_s or (min(limits.timeout_cap_s, max(limits.timeout_min_s, limits.timeout_factor * statistics.median(walls)))
-                              if walls else limits.timeout_cap_s)
-        if stop_after_s is not None and time.monotonic() - started + limit > stop_after_s:
-            if n == 1:
-                raise UserError(f"--stop-after {stop_after_s:g} leaves no time for one run "
-                                f"(each may take up to {limit:g} s)")
-            log(f"stopped after {n - 1} runs: the next could end past --stop-after {stop_after_s:g} s; "
-                f"{len(todo) - n + 1} to go, the same command continues from {journal.path}")
-            return False
-        knobs = space.configs[index]
-        outcome = evaluator.measure(bench_request(spec, device=device, context=context, params=knobs,
-                                                  repeats=spec.workload.repeats, timeout_s=limit), timeout_s=limit)
-        journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
-                     "result": outcome.result.raw, "wall_s": outcome.wall_s,
-                     "stderr_tail": outcome.stderr_tail if not outcome.ok else ""})
-        elapsed = time.monotonic() - started
-        eta = elapsed / n * (len(todo) - n)
-        status = "ok" if outcome.ok else f"FAILED ({outcome.error_kind})"
-        log(f"  [{len(order) - len(todo) + n}/{len(order)}] {' '.join(f'{k}={v}' for k, v in knobs.items())} r{repeat}: "
-            f"{status} in {outcome.wall_s:.1f} s; ETA {eta / 60:.1f} min")
-        if index == base_index:
-            _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
-    return True
-
-
-def _refuse_a_failed_baseline(journal: Journal, base_index: int, repeats: int, baseline: dict[str, Any]) -> None:
-    """Every score is relative to the baseline: once all its runs failed, the rest of the
-    sweep could never be scored."""
-    results = [row["result"] for (i, _), row in journal.runs.items() if i == base_index]
-    if len(results) == repeats and all(r.get("status") != "ok" for r in results):
-        kinds = ", ".join(sorted({(r.get("error") or {}).get("kind", "crash") for r in results}))
-        raise UserError(f"every run of the baseline config {baseline} failed ({kinds}), and every score is "
-                        f"relative to it; check it with `autotune bench`, then remove {journal.path} and sweep again")
 
 
 def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[int, int], dict[str, Any]], *,

@@ -41,5 +41,6 @@ def answer(cfg):
 if sys.argv[-1] == "--worker":  # a warm worker: one request per stdin line
     for line in sys.stdin:
         answer(json.loads(line))
+        print("bench worker: end of request", file=sys.stderr, flush=True)
 else:
     answer(json.loads(sys.argv[-1]))

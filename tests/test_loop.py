@@ -12,11 +12,12 @@ from optuna.trial import TrialState
 from autotune.evaluators import SurfaceEvaluator
 from autotune.evaluators.surface import config_key
 from autotune.locks import NamedLocks
-from autotune.loop import Budget, SearchLoop
+from autotune.loop import SearchLoop
 from autotune.records import TrialRecord
 from autotune.session import StudySession
 from autotune.spec import load_spec
 from autotune.store import open_storage, parse_storage_url
+from autotune.study_search import Budget, StudySearch
 from autotune.tune_output import Progress
 from autotune.workers import Slot
 from tiny_study import tiny_spec_text
@@ -67,15 +68,14 @@ def _surface(session, fail=lambda config: None) -> SurfaceEvaluator:
 
 
 def _run(session, evaluators, n_trials):
-    loop = SearchLoop(session, [(Slot(i), e) for i, e in enumerate(evaluators)] if len(evaluators) > 1
-                      else [(Slot(), evaluators[0])], stop=StopNever(), budget=Budget(n_trials, None),
-                      device="cpu", heartbeat_s=30.0, process="surface")
+    slots = [(Slot(i), e) for i, e in enumerate(evaluators)] if len(evaluators) > 1 else [(Slot(), evaluators[0])]
     progress = Progress(64, n_trials, len(session.counted()), None)
+    search = StudySearch(session, budget=Budget(n_trials, None), device="cpu", process="surface", progress=progress)
     try:
-        loop.run(progress)
+        SearchLoop(search, slots, stop=StopNever(), tick_s=30.0).run()
     finally:
         progress.close()
-    return loop
+    return search
 
 
 def test_the_loop_measures_the_baseline_first_then_distinct_configs_to_the_budget(tmp_path):

@@ -62,6 +62,7 @@ def answer(cfg):
 if sys.argv[-1] == "--worker":  # a warm worker: one request per stdin line
     for line in sys.stdin:
         answer(json.loads(line))
+        print("bench worker: end of request", file=sys.stderr, flush=True)
 else:
     answer(json.loads(sys.argv[-1]))
 '''
@@ -318,13 +319,12 @@ def test_wall_time_budget_stops_the_search(tmp_path, fake_bench, monkeypatch):
 
 
 def test_trial_timeout_adapts_to_the_baseline_and_is_capped(tmp_path, fake_bench):
-    from autotune.loop import Budget, SearchLoop
+    from autotune.study_search import Budget, StudySearch
 
     spec = _spec(tmp_path, extra="[trials]\ntimeout_factor = 5\ntimeout_min_s = 30\ntimeout_cap_s = 120\n")
     tuner = ContextTuner(spec, _options(tmp_path, fake_bench), 64, storage=None, location=None,
                          device_kind="cpu", device="cpu", fingerprint={}, stop=None)
-    loop = SearchLoop(tuner.session, [], stop=None, budget=Budget(5, None), device="cpu", heartbeat_s=1.0,
-                      process="fresh")
+    loop = StudySearch(tuner.session, budget=Budget(5, None), device="cpu", process="fresh")
     assert loop.trial_timeout(3) == 120  # no baseline yet: the cap
     for wall, expected in ((10.0, 50.0), (100.0, 120.0), (1.0, 30.0)):
         tuner.session.baseline_wall_s = wall

@@ -171,7 +171,7 @@ class WarmWorker:
         if result.ok and not vouched:
             result = BenchResult.failure("crash", "the worker answered with a result for another request")
         self._answered += 1
-        if self._stderr is not None and (self.command == BENCH_COMMAND or self._stderr.ends):
+        if vouched and self._stderr is not None:
             self._stderr.wait_for_end(self._answered)  # the worker marks the end of each request
         returncode = 0 if vouched else self._end_after_failure(proc)
         stderr_tail = tail(self._stderr.take() if self._stderr else "")
