@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from autotune.evaluators import SurfaceEvaluator
 from autotune.evaluators.surface import config_key
 from autotune.locks import NamedLocks
-from autotune.loop import SearchLoop
+from autotune.loop import NoStop, SearchLoop
 from autotune.records import TrialRecord
 from autotune.session import StudySession
 from autotune.spec import load_spec
@@ -21,17 +21,6 @@ from autotune.study_search import Budget, StudySearch
 from autotune.tune_output import Progress
 from autotune.workers import Slot
 from tiny_study import tiny_spec_text
-
-
-class StopNever:
-    presses = 0
-    stop_requested = False
-
-    def kill_requested(self) -> bool:
-        return False
-
-    def notices(self) -> list[str]:
-        return []
 
 
 def _metric(value: float) -> dict:
@@ -72,7 +61,7 @@ def _run(session, evaluators, n_trials):
     progress = Progress(64, n_trials, len(session.counted()), None)
     search = StudySearch(session, budget=Budget(n_trials, None), device="cpu", process="surface", progress=progress)
     try:
-        SearchLoop(search, slots, stop=StopNever(), tick_s=30.0).run()
+        SearchLoop(search, slots, stop=NoStop(), tick_s=30.0).run()
     finally:
         progress.close()
     return search
