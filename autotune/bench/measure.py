@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
-import sys
 import time
 
 import torch
@@ -36,6 +34,7 @@ from autotune.bench import env
 from autotune.bench.config import BenchRequest
 from autotune.bench.errors import BenchTimeout, InvalidConfig, check_finite
 from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_data, recall_model
+from autotune.bench.memory import PeakMemory
 from autotune.bench.stats import summary
 from autotune.names import torch_dtype
 
@@ -63,61 +62,6 @@ class _Clock:
     def now(self) -> float:
         self._sync(self.device)
         return time.perf_counter()
-
-
-class _PeakMemory:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._mps_peak = 0
-        if device.type == "cuda":
-            self.source = "cuda_max_memory_allocated"
-        elif device.type == "mps":
-            self.source = "mps_driver_allocated_sampled"
-        elif _reset_rss_peak():
-            # Resident high-water mark of the timed repeats (the model included): the same
-            # figure in a fresh process and in a warm worker that measured other configs.
-            self.source = "vm_hwm"
-        else:
-            # Process-wide high-water mark since start (model, warm-up and Python included).
-            self.source = "ru_maxrss"
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.source == "vm_hwm":
-            _reset_rss_peak()
-
-    def sample(self) -> None:
-        if self.device.type == "mps":
-            self._mps_peak = max(self._mps_peak, int(torch.mps.driver_allocated_memory()))
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        if self.device.type == "mps":
-            return self._mps_peak
-        if self.source == "vm_hwm":
-            return _status_kib("VmHWM") * 1024
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
-
-
-def _reset_rss_peak() -> bool:
-    """Linux: restart the process's resident high-water mark (VmHWM) at its current size."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
 
 
 def settles_over_passes(config: BenchRequest, device: torch.device) -> bool:
@@ -294,7 +238,7 @@ def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache:
 
     # ---- timed repeats
     progress.phase = "measure"
-    memory = _PeakMemory(device)
+    memory = PeakMemory(device)
     memory.reset()
     B, L, N = config.batch, config.context, config.new_tokens
     prefill_tok_s, decode_tok_s, ttft_ms = [], [], []
