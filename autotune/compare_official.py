@@ -31,12 +31,11 @@ from pathlib import Path
 
 import torch
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 from autotune.compare_official_model import free, measure_copy_bandwidth, official_modules, sync, timed, tokens
 from autotune.compare_official_variants import (DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s,
                                                 state_bytes_per_sequence, weight_bytes_read_per_step)
-
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
+from autotune.names import KNOBS
 
 
 def _csv(kind):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 
 OFFICIAL_PACKAGES = "xlstm==2.0.6 mlstm_kernels==2.0.6"
 # Some official Triton kernels kill the process on some GPUs (not an exception): each

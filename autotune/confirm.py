@@ -14,7 +14,7 @@ its samples against the baseline's gives p * k < alpha (Bonferroni over the k
 candidates, since the winner is picked after looking). Otherwise the baseline stays
 the default.
 
-The verdict is stored as the study user attr 'confirmation' (export reads it):
+The verdict (a Verdict) is stored as the study user attr 'confirmation' (export reads it):
 
     {"verdict": "improved" | "baseline",
      "beats_baseline": bool,
@@ -34,8 +34,10 @@ processes that ran (fewer than the verdict's when the config failed in one).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
@@ -50,6 +52,48 @@ from autotune.trials import TrialOutcome
 ATTR = "confirmation"
 # measure(params, repeats) -> outcome; returns None when the user cancelled it.
 Measure = Callable[[dict[str, Any], int], "TrialOutcome | None"]
+
+
+@dataclass
+class Verdict:
+    """The outcome of a confirmation, stored as the study attr ATTR (`as_attr`)."""
+
+    verdict: str  # "improved" | "baseline"
+    default: dict[str, Any]  # {"trial", "config", "source": "tuned" | "baseline"}
+    alpha: float
+    repeats: int
+    processes: int
+    top_k: int
+    n_finished: int
+    measured_at: str
+    baseline: dict[str, Any]  # the baseline's entry
+    reason: str = ""
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def beats_baseline(self) -> bool:
+        return self.verdict == "improved"
+
+    @property
+    def winner(self) -> int:
+        return self.default["trial"]
+
+    def as_attr(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "beats_baseline": self.beats_baseline, "winner": self.winner}
+
+    @classmethod
+    def from_attr(cls, attr: Any) -> "Verdict | None":
+        """A stored verdict; None when there is none or it lacks a field (an older format)."""
+        if not isinstance(attr, dict):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        attr = {"processes": 1, **attr}  # verdicts stored before processes existed ran one
+        try:
+            return cls(**{k: v for k, v in attr.items() if k in names})
+        except TypeError:
+            return None
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -88,15 +132,15 @@ def n_finished(trials: list[FrozenTrial]) -> int:
 
 def is_current(study: optuna.Study, settings: ConfirmationSpec) -> bool:
     """A stored verdict still holds: no trial finished since, same settings."""
-    stored = study.user_attrs.get(ATTR)
-    if not isinstance(stored, dict):
+    stored = Verdict.from_attr(study.user_attrs.get(ATTR))
+    if stored is None:
         return False
     return (
-        stored.get("n_finished") == n_finished(study.get_trials(deepcopy=False))
-        and stored.get("repeats") == settings.repeats
-        and stored.get("top_k") == settings.top_k
-        and stored.get("alpha") == settings.alpha
-        and stored.get("processes", 1) == settings.processes
+        stored.n_finished == n_finished(study.get_trials(deepcopy=False))
+        and stored.repeats == settings.repeats
+        and stored.top_k == settings.top_k
+        and stored.alpha == settings.alpha
+        and stored.processes == settings.processes
     )
 
 
@@ -129,7 +173,7 @@ def _measured(trial: FrozenTrial, outcomes: list[TrialOutcome], baseline: Baseli
         entry.update(error_kind=failed.error_kind, error_message=failed.error_message,
                      stderr_tail=failed.stderr_tail[-2000:])
         return entry
-    parts = [o.result.get("metrics") or {} for o in outcomes]
+    parts = [o.result.metrics for o in outcomes]
     per_process = [score_samples(m, baseline, weights) for m in parts]
     samples = [x for scores in per_process for x in scores]
     entry.update(metrics=pooled_metrics(parts), samples=samples, median=_median(samples),
@@ -147,10 +191,9 @@ def _median(values: list[float]) -> float | None:
     return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def _store(study: optuna.Study, verdict: dict[str, Any]) -> None:
-    verdict["beats_baseline"] = verdict["verdict"] == "improved"
-    verdict["winner"] = verdict["default"]["trial"]
-    study.set_user_attr(ATTR, verdict)
+def _store(study: optuna.Study, verdict: Verdict) -> Verdict:
+    study.set_user_attr(ATTR, verdict.as_attr())
+    return verdict
 
 
 def confirm(
@@ -162,29 +205,25 @@ def confirm(
     settings: ConfirmationSpec,
     measure: Measure,
     log: Callable[[str], None] = print,
-) -> dict[str, Any] | None:
+) -> Verdict | None:
     """Re-measure, decide, store and return the verdict; None if cancelled (nothing
     stored)."""
     trials = study.get_trials(deepcopy=False)
     picked = candidates(trials, baseline_trial, settings.top_k)
-    verdict: dict[str, Any] = {
-        "verdict": "baseline",
-        "default": {"trial": baseline_trial.number, "config": dict(baseline_trial.params), "source": "baseline"},
-        "p_value": None,
-        "p_adjusted": None,
-        "alpha": settings.alpha,
-        "repeats": settings.repeats,
-        "processes": settings.processes,
-        "top_k": settings.top_k,
-        "n_finished": n_finished(trials),
-        "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "baseline": {"trial": baseline_trial.number, "config": dict(baseline_trial.params)},
-        "candidates": [],
-    }
+    verdict = Verdict(
+        verdict="baseline",
+        default={"trial": baseline_trial.number, "config": dict(baseline_trial.params), "source": "baseline"},
+        alpha=settings.alpha,
+        repeats=settings.repeats,
+        processes=settings.processes,
+        top_k=settings.top_k,
+        n_finished=n_finished(trials),
+        measured_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        baseline={"trial": baseline_trial.number, "config": dict(baseline_trial.params)},
+    )
     if not picked:
-        verdict["reason"] = "no feasible config scored above the baseline in the search"
-        _store(study, verdict)
-        return verdict
+        verdict.reason = "no feasible config scored above the baseline in the search"
+        return _store(study, verdict)
 
     log(f"confirming: baseline and {len(picked)} config(s) with {settings.repeats} repeats each "
         f"in {settings.processes} process(es)")
@@ -199,39 +238,36 @@ def confirm(
                 return None
             done.append(outcome)
     base_entry, *cand_entries = (_measured(t, o, baseline, weights) for t, o in zip(measured, outcomes))
-    verdict["baseline"] = base_entry
-    verdict["candidates"] = cand_entries
+    verdict.baseline = base_entry
+    verdict.candidates = cand_entries
 
     if not base_entry["ok"]:
-        verdict["reason"] = f"the baseline failed when measured again ({base_entry.get('error_kind')}); it stays the default"
-        _store(study, verdict)
-        return verdict
+        verdict.reason = f"the baseline failed when measured again ({base_entry.get('error_kind')}); it stays the default"
+        return _store(study, verdict)
     floor = weights.recall_floor
-    usable = [c for c in verdict["candidates"] if c["ok"] and c["recall"] >= floor]
+    usable = [c for c in verdict.candidates if c["ok"] and c["recall"] >= floor]
     if not usable:
-        verdict["reason"] = "every candidate failed or fell below the recall floor when measured again"
-        _store(study, verdict)
-        return verdict
+        verdict.reason = "every candidate failed or fell below the recall floor when measured again"
+        return _store(study, verdict)
     for cand in usable:
         cand["p_value"] = float(
             mannwhitneyu(cand["samples"], base_entry["samples"], alternative="greater").pvalue
         )
     winner = max(usable, key=lambda c: (c["median"], -c["p_value"]))
     p_adjusted = min(1.0, winner["p_value"] * len(picked))
-    verdict.update(p_value=winner["p_value"], p_adjusted=p_adjusted)
+    verdict.p_value, verdict.p_adjusted = winner["p_value"], p_adjusted
     gain = winner["median"] / base_entry["median"] - 1.0 if base_entry["median"] else float("nan")
     if p_adjusted < settings.alpha and winner["median"] > base_entry["median"]:
-        verdict["verdict"] = "improved"
-        verdict["default"] = {"trial": winner["trial"], "config": winner["config"], "source": "tuned"}
-        verdict["reason"] = (
+        verdict.verdict = "improved"
+        verdict.default = {"trial": winner["trial"], "config": winner["config"], "source": "tuned"}
+        verdict.reason = (
             f"trial {winner['trial']} beats the baseline by {gain:+.1%} in median score "
             f"(Mann-Whitney p = {winner['p_value']:.3g}, x{len(picked)} = {p_adjusted:.3g} < {settings.alpha})"
         )
     else:
-        verdict["reason"] = (
+        verdict.reason = (
             f"the best re-measured config (trial {winner['trial']}, {gain:+.1%} in median score) is not "
             f"better beyond noise (Mann-Whitney p = {winner['p_value']:.3g}, x{len(picked)} = "
             f"{p_adjusted:.3g} >= {settings.alpha}); the baseline stays the default"
         )
-    _store(study, verdict)
-    return verdict
+    return _store(study, verdict)

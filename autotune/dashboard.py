@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from optuna_dashboard import wsgi
 
-    from autotune.cli import UserError
+    from autotune.errors import UserError
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a port number; use 1-65535 (0 picks a free one)")

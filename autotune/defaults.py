@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotune.names import KNOBS  # noqa: F401  (one source; re-exported)
+
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("studies/defaults.json")
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # The model's own runner advances 64 steps per kernel call; never exceed it by default.
 BUILTIN_MAX_CHUNK = 64
 

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prompt_ids(args: argparse.Namespace, vocab: int) -> list[int]:
-    from autotune.cli import UserError
+    from autotune.errors import UserError
 
     if args.prompt is not None:
         ids = list(args.prompt.encode("utf-8"))
@@ -63,7 +63,7 @@ def prompt_ids(args: argparse.Namespace, vocab: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.defaults import DefaultsWarning
     from autotune.runtime import load_runner
     from kernels import get_config

@@ -22,8 +22,8 @@ from typing import Sequence
 import torch
 
 from autotune.defaults import Choice, pick_choice
+from autotune.names import DTYPES, torch_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,10 @@ def load_runner(
     num_heads = get_config(shape).num_heads
     choice = pick_choice(shape, torch_device.type, backend, prompt_len, defaults_path,
                          dtype=dtype, num_heads=num_heads)
-    scheduler = make_scheduler(backend, Knobs(**choice.config), device=torch_device, dtype=DTYPES[dtype],
+    scheduler = make_scheduler(backend, Knobs(**choice.config), device=torch_device, dtype=torch_dtype(dtype),
                                compile=compile, address=address)
     try:
-        model, weights = _build_model(shape, torch_device, DTYPES[dtype], checkpoint, seed)
+        model, weights = _build_model(shape, torch_device, torch_dtype(dtype), checkpoint, seed)
         model.cell_runner = scheduler
     except BaseException:
         scheduler.close()

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
+from autotune.names import BACKENDS, DTYPES, KNOBS  # noqa: F401  (one source, re-exported)
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
-BACKENDS = ("sequential", "queued", "ray")
-DTYPES = ("float32", "bfloat16")
+PROCESSES = ("warm", "fresh")  # [trials] process: what measures the trials
 STRATEGIES = ("portfolio", "random", "genetic", "bandit", "boltzmann", "regression")
 DEFAULT_SPACE = {
     "workers": [1, 2, 4, 8],
@@ -75,6 +74,7 @@ class TrialLimits:
     timeout_factor: float = 5.0
     timeout_min_s: float = 60.0
     timeout_cap_s: float = 900.0
+    process: str = "warm"  # "warm": one worker per slot measures config after config; "fresh": a process per trial
 
 
 @dataclass(frozen=True)
@@ -300,11 +300,12 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
         seed=se.integer("seed", None, minimum=0),
     )
 
-    t = _Reader(path, "trials", doc.get("trials", {}), ("timeout_factor", "timeout_min_s", "timeout_cap_s"))
+    t = _Reader(path, "trials", doc.get("trials", {}), ("timeout_factor", "timeout_min_s", "timeout_cap_s", "process"))
     trials = TrialLimits(
         timeout_factor=t.number("timeout_factor", 5.0, minimum=1.0),
         timeout_min_s=t.number("timeout_min_s", 60.0, minimum=0.0, exclusive_min=True),
         timeout_cap_s=t.number("timeout_cap_s", 900.0, minimum=0.0, exclusive_min=True),
+        process=t.choice("process", TrialLimits.process, PROCESSES),
     )
     if trials.timeout_min_s > trials.timeout_cap_s:
         raise t.fail("timeout_min_s", f"{trials.timeout_min_s:g} is above timeout_cap_s {trials.timeout_cap_s:g}")

@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 from autotune.errors import missing_driver
 from autotune.preflight import busy_message, lock_path
 

@@ -1,7 +1,8 @@
 """`autotune sweep`: measure every valid config of a spec at one context length.
 
-Each config runs `--repeats` times, each time in its own benchmark child (the same
-`autotune.trials.run_benchmark` the tuner uses), in one shuffled order over all
+Each config runs `--repeats` times, by default each time in its own benchmark process
+(the tuner's evaluators, autotune.evaluators; `--process warm` measures run after run in
+one warm worker instead), in one shuffled order over all
 (config, repeat) pairs so that drift of the machine spreads evenly over the configs;
 the baseline's first run leads, since every score is relative to it.
 Every run's raw result is kept. The surface file (format in docs/strategies.md,
@@ -23,13 +24,15 @@ import json
 import random
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from autotune.cli import UserError
-from autotune.defaults import KNOBS
+from autotune.errors import UserError
+from autotune.loop import SearchLoop
+from autotune.names import KNOBS
+from autotune.sweep_runs import SweepRuns, refuse_a_failed_baseline
+from autotune.workers import Slot
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
@@ -51,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
                         help="start no run that could end later than this (exit code 3, journal kept; "
                              "the same command continues)")
+    parser.add_argument("--process", choices=("fresh", "warm"), default="fresh",
+                        help="fresh (default): every run in its own benchmark process, so the surface holds the "
+                             "spread between processes; warm: one worker measures run after run (faster)")
     parser.add_argument("--out", metavar="FILE",
                         help="surface file (default studies/surfaces/<device>-<shape>-<backends>-L<context>.json)")
 
@@ -66,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after <= 0:
         raise UserError(f"--stop-after must be a positive number of seconds, got {args.stop_after:g}")
     path = sweep(spec, context, backends, repeats=args.repeats, seed=args.seed,
-                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after)
+                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after,
+                 process=args.process)
     if path is None:
         return EXIT_STOPPED
     print(path)
@@ -151,6 +158,9 @@ def header_differences(stored: dict[str, Any], header: dict[str, Any]) -> list[s
         if section == "workload":
             old.pop("contexts", None)
             new.pop("contexts", None)
+        if section == "trials":  # what measures a run, not what it measures
+            old.pop("process", None)
+            new.pop("process", None)
         if old != new:
             differ.append(f"[{section}]")
     return differ
@@ -210,14 +220,14 @@ class Journal:
 # ------------------------------------------------------------------------------ sweep
 def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT_REPEATS, seed: int = 0,
           out: Path | None = None, timeout_s: float | None = None, stop_after_s: float | None = None,
-          bench_command: Sequence[str] | None = None,
+          bench_command: Sequence[str] | None = None, process: str = "fresh",
           log: Callable[[str], None] | None = None) -> Path | None:
     """Measure every valid config `repeats` times and write the surface file; returns its
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
+    from autotune.evaluators import make_evaluator
     from autotune.store import machine_fingerprint
-    from autotune.trials import bench_request, run_benchmark
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
@@ -233,54 +243,25 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
                                      machine=machine_fingerprint(device)))
     base_index = space.index(baseline)
     order = run_order(len(space), repeats, seed, first=base_index)
-    position = {pair: k for k, pair in enumerate(order)}
     todo = [(i, r) for i, r in order if (i, r) not in journal.runs]
     log(f"sweep {out.name}: {len(space)} configs x {repeats} runs = {len(order)} runs"
         + (f" ({len(order) - len(todo)} already done, resuming)" if len(todo) < len(order) else ""))
-    _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
-    limits = spec.trials
-    started = time.monotonic()
-    for n, (index, repeat) in enumerate(todo, start=1):
-        walls = [row["wall_s"] for row in journal.runs.values() if row["result"].get("status") == "ok"]
-        limit = timeout_s or (min(limits.timeout_cap_s, max(limits.timeout_min_s, limits.timeout_factor * statistics.median(walls)))
-                              if walls else limits.timeout_cap_s)
-        if stop_after_s is not None and time.monotonic() - started + limit > stop_after_s:
-            if n == 1:
-                raise UserError(f"--stop-after {stop_after_s:g} leaves no time for one run "
-                                f"(each may take up to {limit:g} s)")
-            log(f"stopped after {n - 1} runs: the next could end past --stop-after {stop_after_s:g} s; "
-                f"{len(todo) - n + 1} to go, the same command continues from {journal.path}")
-            return None
-        knobs = space.configs[index]
-        outcome = run_benchmark(bench_request(spec, device=device_str, context=context, params=knobs,
-                                             repeats=spec.workload.repeats, timeout_s=limit),
-                                timeout_s=limit, command=bench_command)
-        journal.add({"index": index, "repeat": repeat, "order": position[(index, repeat)],
-                     "result": outcome.result, "wall_s": outcome.wall_s,
-                     "stderr_tail": outcome.stderr_tail if not outcome.ok else ""})
-        elapsed = time.monotonic() - started
-        eta = elapsed / n * (len(todo) - n)
-        status = "ok" if outcome.ok else f"FAILED ({outcome.error_kind})"
-        log(f"  [{len(order) - len(todo) + n}/{len(order)}] {' '.join(f'{k}={v}' for k, v in knobs.items())} r{repeat}: "
-            f"{status} in {outcome.wall_s:.1f} s; ETA {eta / 60:.1f} min")
-        if index == base_index:
-            _refuse_a_failed_baseline(journal, base_index, repeats, baseline)
+    refuse_a_failed_baseline(journal, base_index, repeats, baseline)
+    search = SweepRuns(spec, space, journal, order, todo, base_index, baseline, context=context, repeats=repeats,
+                       device=device_str, timeout_s=timeout_s, stop_after_s=stop_after_s, log=log)
+    evaluator = make_evaluator(process, command=bench_command)
+    try:
+        SearchLoop(search, [(Slot(), evaluator)]).run()
+    finally:
+        evaluator.close()
+    if search.stopped:
+        return None
     doc = build_surface(spec, space, baseline, journal.runs, context=context, backends=backends,
                         repeats=repeats, seed=seed, device_kind=device.type, device=device_str, name=out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     journal.path.unlink()
     return out
-
-
-def _refuse_a_failed_baseline(journal: Journal, base_index: int, repeats: int, baseline: dict[str, Any]) -> None:
-    """Every score is relative to the baseline: once all its runs failed, the rest of the
-    sweep could never be scored."""
-    results = [row["result"] for (i, _), row in journal.runs.items() if i == base_index]
-    if len(results) == repeats and all(r.get("status") != "ok" for r in results):
-        kinds = ", ".join(sorted({(r.get("error") or {}).get("kind", "crash") for r in results}))
-        raise UserError(f"every run of the baseline config {baseline} failed ({kinds}), and every score is "
-                        f"relative to it; check it with `autotune bench`, then remove {journal.path} and sweep again")
 
 
 def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[int, int], dict[str, Any]], *,

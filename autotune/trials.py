@@ -1,25 +1,27 @@
-"""Run one benchmark child: `python -m autotune.bench '<config json>'`.
+"""Run one benchmark child: `python -m autotune.bench --tuner PID:START '<request json>'`.
 
 The child runs in its own session (so a Ctrl-C at the terminal never reaches it and a
-kill reaches everything it started), with stdin closed and a hard time limit. Its last
-stdout line is the result (schema in docs/benchmark.md); when it dies without
-one, a result with error kind 'timeout' or 'crash' is synthesized so that callers always
-get the same shape.
+kill reaches everything it started), with stdin closed and a hard time limit, and is
+told who its tuner is so that it ends itself when the tuner dies. Its last stdout line
+is the result (schema in docs/benchmark.md); when it dies without one, a result with
+error kind 'timeout' or 'crash' is synthesized so that callers always get the same
+shape.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from autotune.bench.tuner_watch import ENV as TUNER_ENV  # the child ends itself once this process is gone
-from autotune.defaults import KNOBS
+from autotune.bench.config import BenchRequest
+from autotune.bench.result import BenchResult, parse_stdout
+from autotune.bench.tuner_watch import TunerIdentity
+from autotune.names import KNOBS
 
 BENCH_COMMAND = (sys.executable, "-m", "autotune.bench")
 STDERR_TAIL_CHARS = 4000
@@ -28,49 +30,64 @@ TERM_GRACE_S = 3.0
 POLL_S = 0.5  # how often a cancel request is looked at
 
 
+def time_limit_for(timeout_s: float) -> float:
+    """The benchmark's own limit under a hard kill at `timeout_s`: it stops itself a
+    little before, with a clean result."""
+    return round(max(1.0, timeout_s - min(30.0, 0.1 * timeout_s)), 1)
+
+
 def bench_request(spec, *, device: str, context: int, params: dict[str, Any], repeats: int,
-                  timeout_s: float) -> dict[str, Any]:
-    """The benchmark child's config for one measurement of `params` (the knobs, and
-    `backend` where the spec lists several) under a study spec."""
-    return {
-        "shape": spec.model.shape,
-        "dtype": spec.model.dtype,
-        "device": device,
-        "backend": params.get("backend", spec.model.backends[0]),
+                  timeout_s: float) -> BenchRequest:
+    """The benchmark request for one measurement of `params` (the knobs, and `backend`
+    where the spec lists several) under a study spec."""
+    return BenchRequest(
+        shape=spec.model.shape,
+        dtype=spec.model.dtype,
+        device=device,
+        backend=params.get("backend", spec.model.backends[0]),
         **{k: params[k] for k in KNOBS},
-        "context": context,
-        "new_tokens": spec.workload.new_tokens,
-        "batch": spec.workload.batch,
-        "repeats": repeats,
-        "seed": spec.workload.seed,
-        # The child stops itself a little before the hard kill, with a clean result.
-        "time_limit_s": round(max(1.0, timeout_s - min(30.0, 0.1 * timeout_s)), 1),
-        "compile": spec.model.compile,
-    }
+        context=context,
+        new_tokens=spec.workload.new_tokens,
+        batch=spec.workload.batch,
+        repeats=repeats,
+        seed=spec.workload.seed,
+        time_limit_s=time_limit_for(timeout_s),
+        compile=spec.model.compile,
+    )
 
 
 @dataclass
 class TrialOutcome:
-    result: dict[str, Any]  # the child's JSON line, or a synthesized error result
+    result: BenchResult  # the benchmark's result, or a synthesized error result
     stderr_tail: str
     wall_s: float
     returncode: int
     interrupted: bool = False  # killed on the caller's request (second Ctrl-C)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.result, dict):  # a decoded JSON object, e.g. from a test
+            self.result = BenchResult.from_dict(self.result) or BenchResult.failure("crash", "not a result")
+
     @property
     def ok(self) -> bool:
-        return self.result.get("status") == "ok"
+        return self.result.ok
 
     @property
     def error_kind(self) -> str | None:
-        return None if self.ok else (self.result.get("error") or {}).get("kind", "crash")
+        return self.result.error_kind
 
     @property
     def error_message(self) -> str | None:
-        return None if self.ok else (self.result.get("error") or {}).get("message", "")
+        return self.result.error_message
 
 
-class _Kill:
+def request_json(request: BenchRequest | Mapping[str, Any]) -> str:
+    import json
+
+    return request.to_json() if isinstance(request, BenchRequest) else json.dumps(dict(request))
+
+
+class KillGroup:
     """Kills the child's whole process group: SIGTERM, then SIGKILL after a grace."""
 
     def __init__(self, proc: subprocess.Popen):
@@ -109,7 +126,7 @@ def _drain(proc: subprocess.Popen, timeout_s: float = 10.0) -> tuple[str, str]:
         return "", ""
 
 
-def _kill_leftovers(pgid: int) -> None:
+def kill_leftovers(pgid: int) -> None:
     """Kill what the child started and left behind in its group (a leaked thread pool
     or actor process would steal the next trial's CPU). Once the group is empty its id
     no longer exists, so this can hit nothing else."""
@@ -119,31 +136,15 @@ def _kill_leftovers(pgid: int) -> None:
         pass
 
 
-def _error_result(kind: str, message: str) -> dict[str, Any]:
-    return {"schema_version": 1, "status": "error", "error": {"kind": kind, "message": message}}
+parse_result = parse_stdout
 
 
-def parse_result(stdout: str) -> dict[str, Any] | None:
-    """The result object from the child's stdout: its last non-empty line, if that is
-    a JSON object with a status; None otherwise."""
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    if not lines:
-        return None
-    try:
-        result = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(result, dict) or result.get("status") not in ("ok", "error"):
-        return None
-    return result
-
-
-def _tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
+def tail(text: str, limit: int = STDERR_TAIL_CHARS) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def run_benchmark(
-    config: dict[str, Any],
+    request: BenchRequest | Mapping[str, Any],
     *,
     timeout_s: float,
     command: Sequence[str] | None = None,
@@ -152,8 +153,9 @@ def run_benchmark(
     tick_s: float = 10.0,
     cancel: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
+    tuner: TunerIdentity | None = None,
 ) -> TrialOutcome:
-    """Measure `config` in a child process; never raises for a failing child.
+    """Measure `request` in a child process; never raises for a failing child.
 
     command: argv prefix replacing `python -m autotune.bench` (tests use a fake bench).
     env: the child's environment (default: this process's).
@@ -161,8 +163,10 @@ def run_benchmark(
     cancel: polled about twice a second; when it returns True the child's group is
         killed and the outcome is marked interrupted (the tuner's second Ctrl-C).
     on_start: called with the child's pid (= its process group id) once it started.
+    tuner: the process the child watches and dies with (default: this one).
     """
-    argv = [*(command or BENCH_COMMAND), json.dumps(config)]
+    tuner = tuner or TunerIdentity.of_this_process()
+    argv = [*(command or BENCH_COMMAND), *tuner.argv(), request_json(request)]
     start = time.monotonic()
     deadline = start + timeout_s
     proc = subprocess.Popen(
@@ -171,11 +175,11 @@ def run_benchmark(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        env={**(os.environ if env is None else env), TUNER_ENV: str(os.getpid())},
+        env=dict(os.environ if env is None else env),
         text=True,
         errors="replace",
     )
-    kill = _Kill(proc)
+    kill = KillGroup(proc)
     if on_start is not None:
         try:
             on_start(proc.pid)
@@ -209,24 +213,36 @@ def run_benchmark(
         kill()  # never leave an orphaned benchmark behind
         _drain(proc)
         raise
-    _kill_leftovers(proc.pid)
+    kill_leftovers(proc.pid)
     wall_s = time.monotonic() - start
     returncode = proc.returncode
-    stderr_tail = _tail(stderr)
+    stderr_tail = tail(stderr)
 
     if timed_out:
-        result = _error_result("timeout", f"no result within the trial time limit of {timeout_s:.0f} s; the process group was killed")
+        result = timeout_result(timeout_s)
     elif interrupted:
-        result = _error_result("interrupted", "stopped by a second Ctrl-C")
+        result = INTERRUPTED
     else:
-        result = parse_result(stdout)
+        result = parse_stdout(stdout)
         if result is None:
-            last_err = next((l for l in reversed(stderr.splitlines()) if l.strip()), "")
-            how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
-            result = _error_result(
-                "crash",
-                f"the benchmark process {how} without a result line" + (f": {last_err.strip()}" if last_err else ""),
-            )
-        elif result.get("status") == "ok" and returncode != 0:
-            result = _error_result("crash", f"the benchmark process reported ok but exited with code {returncode}")
+            result = died_result(returncode, stderr)
+        elif result.ok and returncode != 0:
+            result = BenchResult.failure("crash", f"the benchmark process reported ok but exited with code {returncode}")
     return TrialOutcome(result, stderr_tail, wall_s, returncode, interrupted=interrupted)
+
+
+INTERRUPTED = BenchResult.failure("interrupted", "stopped by a second Ctrl-C")
+
+
+def timeout_result(timeout_s: float) -> BenchResult:
+    return BenchResult.failure("timeout", f"no result within the trial time limit of {timeout_s:.0f} s; "
+                                          "the process group was killed")
+
+
+def died_result(returncode: int | None, stderr: str) -> BenchResult:
+    """The result of a benchmark process that ended without a result line."""
+    last_err = next((line for line in reversed(stderr.splitlines()) if line.strip()), "")
+    how = (f"was killed by signal {-returncode}" if returncode is not None and returncode < 0
+           else f"exited with code {returncode}")
+    return BenchResult.failure(
+        "crash", f"the benchmark process {how} without a result line" + (f": {last_err.strip()}" if last_err else ""))

@@ -3,7 +3,7 @@
 Per context length one Optuna study (autotune.store names it). Its first trial is the
 baseline, the runner's current default config; then the spec's strategy proposes
 configs until the budget (trials and/or wall time) ends; each is measured in a
-benchmark child (autotune.trials), scored (autotune.objective) and told to Optuna with
+benchmark process (a warm worker by default, autotune.evaluators), scored (autotune.objective) and told to Optuna with
 its metrics as user attrs. Then the top configs are confirmed (autotune.confirm).
 
 Ctrl-C stops after the running trial (then confirms); a second Ctrl-C kills that
@@ -13,7 +13,7 @@ when the same command runs again.
 Several tuners may share a server store (PostgreSQL): proposals, recovery and
 confirmation take named locks in the database (autotune.locks), running trials send
 heartbeats, and a trial whose worker is gone is failed and queued again once. With
---gpus one search thread per GPU drives its own benchmark child (autotune.workers).
+--gpus each GPU slot drives its own evaluator (autotune.loop, autotune.workers).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from contextlib import nullcontext
 
 import optuna
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 from autotune.context_tuner import ContextTuner, TuneOptions
-from autotune.spec import StudySpec, load_spec
+from autotune.spec import PROCESSES, StudySpec, load_spec
 from autotune.locks import NamedLocks
 from autotune.stop_control import StopControl
 from autotune.store import STALE_AFTER_S, WriterLock, machine_fingerprint, open_storage, parse_storage_url
@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=_gpu_list, default=(), metavar="0,1",
                         help="measure on these GPUs, one benchmark per GPU at a time (CUDA_VISIBLE_DEVICES); "
                              "the trials are spread over them")
+    parser.add_argument("--process", choices=PROCESSES, metavar="warm|fresh",
+                        help="what measures the trials: one warm worker per GPU slot that keeps the model and "
+                             "kernels loaded, or a fresh benchmark process per trial (overrides [trials] process)")
     parser.add_argument("--lease", type=_positive_float, default=STALE_AFTER_S, metavar="SECONDS",
                         help="on a shared store (PostgreSQL), a running trial whose worker sent no heartbeat "
                              f"for this long is taken as cut off, failed and queued again (default {STALE_AFTER_S:.0f}); "
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         lease_s=args.lease,
         confirm=not args.skip_confirmation,
+        process=args.process,
     )
     return tune(spec, options)
 

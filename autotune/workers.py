@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 
 
 def _pid_namespace() -> str | None:

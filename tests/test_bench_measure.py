@@ -61,7 +61,7 @@ def test_result_schema_from_the_process():
         assert min(s["samples"]) <= s["median"] <= max(s["samples"]) and s["iqr"] >= 0
     # ttft includes the whole prefill: never less than L tokens at the prefill rate allows.
     assert metrics["ttft_ms"]["median"] >= 1000 * 40 / max(metrics["prefill_tok_s"]["samples"]) * 0.999
-    assert metrics["peak_mem_bytes"] > 0 and metrics["peak_mem_source"] == "ru_maxrss"
+    assert metrics["peak_mem_bytes"] > 0 and metrics["peak_mem_source"] in ("vm_hwm", "ru_maxrss")
     assert metrics["state_bytes"] == get_config("tiny").state_bytes_per_sequence()
     assert 0.0 <= metrics["recall"] <= 1.0
     assert metrics["mqar_pairs"] == pairs_for_length(40) and metrics["mqar_queries"] > 0

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from autotune.cli import UserError, main
+from autotune.errors import UserError, main
 from autotune import compare_official as co
 
 

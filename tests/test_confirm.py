@@ -45,7 +45,7 @@ class Bench:
         return TrialOutcome({"status": "ok", "metrics": metrics}, "", 2.0, 0)
 
 
-def run(study, bench, **settings) -> dict:
+def run(study, bench, **settings) -> confirmation.Verdict:
     baseline_trial = study.trials[0]
     return confirmation.confirm(study, baseline_trial=baseline_trial, baseline=BASELINE, weights=WEIGHTS,
                                 settings=ConfirmationSpec(**settings), measure=bench, log=lambda _: None)
@@ -63,8 +63,8 @@ def test_configs_are_measured_in_rounds_and_their_processes_pooled():
     verdict = run(study, bench, top_k=2, repeats=7, processes=3)
     # round by round: baseline, then the candidates best first; 7 repeats as 3 + 2 + 2
     assert bench.calls == [(1, 3), (4, 3), (2, 3), (1, 2), (4, 2), (2, 2), (1, 2), (4, 2), (2, 2)]
-    assert verdict["processes"] == 3 and verdict["verdict"] == "improved"
-    winner = verdict["candidates"][0]
+    assert verdict.processes == 3 and verdict.verdict == "improved" and verdict.beats_baseline
+    winner = verdict.candidates[0]
     assert winner["config"] == {"workers": 4} and winner["processes"] == 3 and len(winner["samples"]) == 7
     assert winner["metrics"]["prefill_tok_s"]["samples"][:3] == pytest.approx([150.0, 150.15, 150.3])
     assert winner["metrics"]["prefill_tok_s"]["median"] == pytest.approx(150.0, rel=1e-3)
@@ -76,9 +76,9 @@ def test_a_config_that_fails_is_not_measured_again():
     bench = Bench({1: 1.0, 2: 1.1, 4: 1.5}, process_factors=[1.0], fail={4})
     verdict = run(study, bench, top_k=2, repeats=6, processes=2)
     assert bench.calls.count((4, 3)) == 1 and bench.calls.count((2, 3)) == 2
-    failed = verdict["candidates"][0]
+    failed = verdict.candidates[0]
     assert failed["ok"] is False and failed["error_kind"] == "oom" and failed["processes"] == 1
-    assert verdict["default"]["config"] == {"workers": 2}
+    assert verdict.default["config"] == {"workers": 2}
 
 
 def test_one_fast_process_alone_does_not_make_a_winner():
@@ -88,11 +88,11 @@ def test_one_fast_process_alone_does_not_make_a_winner():
     scores = {1: 2.0, 4: 3.0}
     # call order: baseline, candidate, baseline, candidate: the candidate's first process is fast
     one = run(study_of(scores), Bench({1: 1.0, 4: 1.0}, process_factors=[1.0, 1.2]), top_k=1, repeats=8, processes=1)
-    assert one["verdict"] == "improved"
+    assert one.verdict == "improved"
     split = run(study_of(scores), Bench({1: 1.0, 4: 1.0}, process_factors=[1.0, 1.2, 1.0, 0.9]),
                 top_k=1, repeats=8, processes=2)
-    assert split["verdict"] == "baseline"
-    assert split["candidates"][0]["process_medians"] == pytest.approx([2.4, 1.8], rel=1e-2)
+    assert split.verdict == "baseline" and not split.beats_baseline
+    assert split.candidates[0]["process_medians"] == pytest.approx([2.4, 1.8], rel=1e-2)
 
 
 def test_a_verdict_from_another_process_count_is_not_current():
@@ -100,3 +100,6 @@ def test_a_verdict_from_another_process_count_is_not_current():
     run(study, Bench({1: 1.0, 4: 1.5}, process_factors=[1.0]), top_k=1, repeats=6, processes=2)
     assert confirmation.is_current(study, ConfirmationSpec(top_k=1, repeats=6, processes=2))
     assert not confirmation.is_current(study, ConfirmationSpec(top_k=1, repeats=6, processes=3))
+    stored = study.user_attrs[confirmation.ATTR]  # the stored format, as export reads it
+    assert stored["winner"] == stored["default"]["trial"] and stored["beats_baseline"] is True
+    assert confirmation.Verdict.from_attr(stored).as_attr() == stored

@@ -191,7 +191,7 @@ def test_store_without_tuning_studies_is_an_error(tmp_path, capsys):
 
 
 def test_open_storage_refuses_memory_sqlite():
-    from autotune.cli import UserError
+    from autotune.errors import UserError
 
     with pytest.raises(UserError, match="no store"):
         open_storage("sqlite:///:memory:")

@@ -42,7 +42,7 @@ def _alive(pid: int) -> bool:
 def test_ok_result_is_the_last_stdout_line_and_stderr_tail_is_kept(tmp_path):
     cmd = _script(tmp_path, "ok.py", """
         import json, sys
-        cfg = json.loads(sys.argv[1])
+        cfg = json.loads(sys.argv[-1])
         print("noise on stdout before the result")
         for i in range(2000):
             print(f"log line {i}", file=sys.stderr)
@@ -51,8 +51,8 @@ def test_ok_result_is_the_last_stdout_line_and_stderr_tail_is_kept(tmp_path):
     """)
     outcome = run_benchmark(CONFIG, timeout_s=60, command=cmd)
     assert outcome.ok and outcome.returncode == 0
-    assert outcome.result["config"] == CONFIG  # the config travelled as the JSON argument
-    assert outcome.result["metrics"]["decode_tok_s"]["median"] == 2
+    assert outcome.result.config == CONFIG  # the config travelled as the JSON argument
+    assert outcome.result.metrics["decode_tok_s"]["median"] == 2
     assert outcome.stderr_tail.endswith("log line 1999\n")
     assert "log line 0\n" not in outcome.stderr_tail  # only the tail is kept
     assert len(outcome.stderr_tail) <= 4100
@@ -81,7 +81,7 @@ def test_child_dying_without_a_result_is_a_crash_naming_the_cause(tmp_path):
     assert outcome.error_kind == "crash"
     assert "exited with code 3" in outcome.error_message
     assert "something broke" in outcome.error_message
-    assert outcome.result["status"] == "error"
+    assert outcome.result.status == "error"
 
 
 def test_child_killed_by_a_signal_is_a_crash(tmp_path):
@@ -118,7 +118,7 @@ def test_stdin_is_closed(tmp_path):
         print(json.dumps({"status": "ok", "stdin": data}))
     """)
     outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd)
-    assert outcome.ok and outcome.result["stdin"] == ""
+    assert outcome.ok and outcome.result.raw["stdin"] == ""
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path):
@@ -163,8 +163,8 @@ def test_child_runs_in_its_own_session(tmp_path):
     """)
     outcome = run_benchmark(CONFIG, timeout_s=30, command=cmd)
     # Its own session: a terminal's Ctrl-C (sent to our foreground group) never reaches it.
-    assert outcome.result["sid"] == outcome.result["pid"] == outcome.result["pgid"]
-    assert outcome.result["sid"] != os.getsid(0)
+    assert outcome.result.raw["sid"] == outcome.result.raw["pid"] == outcome.result.raw["pgid"]
+    assert outcome.result.raw["sid"] != os.getsid(0)
 
 
 def test_cancel_kills_the_child_and_marks_the_outcome_interrupted(tmp_path):
@@ -223,7 +223,8 @@ def test_a_child_outliving_the_tick_interval_is_collected_without_on_tick(tmp_pa
     ],
 )
 def test_parse_result_takes_the_last_line_only(stdout, expected):
-    assert parse_result(stdout) == expected
+    result = parse_result(stdout)
+    assert (result.raw if result is not None else None) == expected
 
 
 def test_result_json_round_trips_the_config(tmp_path):
@@ -234,8 +235,10 @@ def test_result_json_round_trips_the_config(tmp_path):
     """)
     config = {"shape": "tiny", "note": "ü ' \" $HOME", "nested": {"a": [1, 2]}}
     outcome = run_benchmark(config, timeout_s=30, command=cmd)
-    assert len(outcome.result["argv"]) == 1
-    assert json.loads(outcome.result["argv"][0]) == config
+    argv = outcome.result.raw["argv"]
+    assert len(argv) == 3 and argv[0] == "--tuner"  # who the tuner is, then the request
+    assert argv[1].startswith(f"{os.getpid()}:")
+    assert json.loads(argv[2]) == config
 
 
 def test_a_benchmark_ends_itself_when_its_tuner_is_killed(tmp_path):
@@ -246,7 +249,8 @@ def test_a_benchmark_ends_itself_when_its_tuner_is_killed(tmp_path):
     bench = _script(tmp_path, "bench.py", f"""
         import subprocess, sys, time
         from autotune.bench import tuner_watch
-        assert tuner_watch.start() is not None
+        tuner, _ = tuner_watch.from_argv(sys.argv[1:])
+        assert tuner_watch.start(tuner) is not None
         worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
         open({str(grandchild_file)!r}, "w").write(str(worker.pid))
         time.sleep(120)
@@ -270,10 +274,53 @@ def test_a_benchmark_ends_itself_when_its_tuner_is_killed(tmp_path):
     assert not _alive(bench_pid) and not _alive(worker_pid)
 
 
-def test_a_benchmark_started_by_hand_watches_no_tuner(monkeypatch):
+def test_a_benchmark_started_by_hand_watches_no_tuner():
     from autotune.bench import tuner_watch
 
-    monkeypatch.delenv(tuner_watch.ENV, raising=False)
-    assert tuner_watch.start() is None
-    monkeypatch.setenv(tuner_watch.ENV, str(os.getppid() + 1))  # not this process's parent
-    assert tuner_watch.start() is None
+    tuner, rest = tuner_watch.from_argv(['{"shape": "tiny"}'])
+    assert tuner is None and rest == ['{"shape": "tiny"}']
+    assert tuner_watch.start(None) is None
+
+
+def test_the_tuner_is_named_by_pid_and_start_time():
+    from autotune.bench.tuner_watch import TunerIdentity, from_argv
+
+    me = TunerIdentity.of_this_process()
+    tuner, rest = from_argv(["{}", *me.argv()])
+    assert tuner == me and rest == ["{}"] and tuner.alive()
+    assert not TunerIdentity(me.pid, me.started + 1).alive()  # same pid, another process
+    from autotune.bench.tuner_watch import _start_time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = TunerIdentity(proc.pid, _start_time(proc.pid))
+    assert other.alive()
+    proc.kill()
+    deadline = time.monotonic() + 5
+    while other.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not other.alive()  # a zombie, not yet reaped, is gone too
+    proc.wait()
+    assert not other.alive()
+    with pytest.raises(ValueError, match="PID:START"):
+        TunerIdentity.parse("abc")
+
+
+def test_a_benchmark_whose_tuner_died_before_it_started_ends_at_once(tmp_path):
+    """The tuner dies within the benchmark's first instant (here: before the benchmark
+    even runs): the real benchmark notices at its start and ends without measuring."""
+    tuner_file = tmp_path / "tuner.txt"
+    tuner = _script(tmp_path, "tuner.py", f"""
+        import os
+        from autotune.bench.tuner_watch import TunerIdentity
+        open({str(tuner_file)!r}, "w").write(" ".join(TunerIdentity.of_this_process().argv()))
+    """)
+    subprocess.run(tuner, check=True)  # it has exited: its identity names a dead process
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "autotune.bench",
+                           json.dumps({"shape": "tiny", "device": "cpu", "context": 4096, "repeats": 100}),
+                           *tuner_file.read_text().split()],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert "the tuner (pid" in proc.stderr and proc.stdout == ""
+    assert time.monotonic() - start < 30

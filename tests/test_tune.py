@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 from autotune.objective import Baseline, recall_violation, score, score_samples
 from autotune.spec import ObjectiveSpec, load_spec
 from autotune.store import StoreError, WriterLock, parse_storage_url, study_name
@@ -31,34 +31,40 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FAKE_BENCH = r'''
 import json, os, random, sys, time
-cfg = json.loads(sys.argv[1])
-print("fake bench: " + sys.argv[1], file=sys.stderr, flush=True)
 env = os.environ.get
-time.sleep(float(env("FAKE_BENCH_SLEEP", "0")))
 def fail(kind, message, code):
     print(json.dumps({"schema_version": 1, "status": "error", "error": {"kind": kind, "message": message}}))
     sys.exit(code)
-if env("FAKE_CRASH_HPB") and cfg["heads_per_band"] == int(env("FAKE_CRASH_HPB")):
-    print("Traceback: boom", file=sys.stderr)
-    sys.exit(1)
-if env("FAKE_FAIL_T_INNER") and cfg["T_inner"] == int(env("FAKE_FAIL_T_INNER")):
-    fail("numerical", "NaN in the outputs", 6)
-key = (cfg["workers"], cfg["heads_per_band"], cfg["chunk_size"], cfg["T_inner"], cfg["repeats"], cfg["context"])
-rng = random.Random(str(key))
-speed = 1.0 if env("FAKE_FLAT") else cfg["workers"] * (1 + cfg["chunk_size"] / 256)
-def metric(base):
-    s = sorted(base * speed * (1 + 0.02 * rng.random()) for _ in range(cfg["repeats"]))
-    return {"samples": s, "median": s[len(s) // 2], "iqr": s[-1] - s[0]}
-recall = 0.2 if env("FAKE_LOW_RECALL_WORKERS") and cfg["workers"] == int(env("FAKE_LOW_RECALL_WORKERS")) else 1.0
-print(json.dumps({
-    "schema_version": 1, "status": "ok", "config": cfg,
-    "metrics": {"prefill_tok_s": metric(1000.0), "decode_tok_s": metric(50.0), "ttft_ms": metric(2.0),
-                "peak_mem_bytes": 0, "state_bytes": 0, "recall": recall, "mqar_pairs": 8, "max_drift": 0.0},
-    "counters": {"kernel_calls": 3, "bands": 4 // cfg["heads_per_band"], "chunks": 1, "tasks": 1,
-                 "peak_concurrency": 1, "ordering_violations": 0, "decode": {"kernel_calls": 1}},
-    "timings": {"setup_s": 0.0, "warmup_s": 0.0, "measured_s": 0.0},
-    "env": {"device_name": "fake", "torch": "x", "project_version": "y"},
-}))
+def answer(cfg):
+    print("fake bench: " + json.dumps(cfg), file=sys.stderr, flush=True)
+    time.sleep(float(env("FAKE_BENCH_SLEEP", "0")))
+    if env("FAKE_CRASH_HPB") and cfg["heads_per_band"] == int(env("FAKE_CRASH_HPB")):
+        print("Traceback: boom", file=sys.stderr)
+        sys.exit(1)
+    if env("FAKE_FAIL_T_INNER") and cfg["T_inner"] == int(env("FAKE_FAIL_T_INNER")):
+        fail("numerical", "NaN in the outputs", 6)
+    key = (cfg["workers"], cfg["heads_per_band"], cfg["chunk_size"], cfg["T_inner"], cfg["repeats"], cfg["context"])
+    rng = random.Random(str(key))
+    speed = 1.0 if env("FAKE_FLAT") else cfg["workers"] * (1 + cfg["chunk_size"] / 256)
+    def metric(base):
+        s = sorted(base * speed * (1 + 0.02 * rng.random()) for _ in range(cfg["repeats"]))
+        return {"samples": s, "median": s[len(s) // 2], "iqr": s[-1] - s[0]}
+    recall = 0.2 if env("FAKE_LOW_RECALL_WORKERS") and cfg["workers"] == int(env("FAKE_LOW_RECALL_WORKERS")) else 1.0
+    print(json.dumps({
+        "schema_version": 1, "status": "ok", "config": cfg,
+        "metrics": {"prefill_tok_s": metric(1000.0), "decode_tok_s": metric(50.0), "ttft_ms": metric(2.0),
+                    "peak_mem_bytes": 0, "state_bytes": 0, "recall": recall, "mqar_pairs": 8, "max_drift": 0.0},
+        "counters": {"kernel_calls": 3, "bands": 4 // cfg["heads_per_band"], "chunks": 1, "tasks": 1,
+                     "peak_concurrency": 1, "ordering_violations": 0, "decode": {"kernel_calls": 1}},
+        "timings": {"setup_s": 0.0, "warmup_s": 0.0, "measured_s": 0.0, "pid": os.getpid()},
+        "env": {"device_name": "fake", "torch": "x", "project_version": "y"},
+    }), flush=True)
+if sys.argv[-1] == "--worker":  # a warm worker: one request per stdin line
+    for line in sys.stdin:
+        answer(json.loads(line))
+        print("bench worker: end of request", file=sys.stderr, flush=True)
+else:
+    answer(json.loads(sys.argv[-1]))
 '''
 
 @pytest.fixture
@@ -153,6 +159,36 @@ def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake
     # confirmation: 6 repeats in two processes of 3, each process's score shown
     assert out.err.count("(3 repeats): ok, score ") >= 4
     assert "becomes the default" in out.out
+
+
+def test_warm_workers_measure_by_default_and_process_fresh_starts_one_per_trial(tmp_path, fake_bench):
+    """One warm worker measures every trial of a study (one pid); `[trials] process =
+    "fresh"` or `--process fresh` runs a process per trial; the trial says which."""
+    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench)) == 0
+    trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
+    assert {t.user_attrs["process"] for t in trials} == {"warm"}
+    assert len({t.user_attrs["timings"]["pid"] for t in trials}) == 1
+    assert len({t.user_attrs["bench_pid"] for t in trials}) == 1
+    fresh_spec = _spec(tmp_path, extra='[trials]\nprocess = "fresh"\n')
+    assert fresh_spec.trials.process == "fresh"
+    options = _options(tmp_path, fake_bench, storage=f"sqlite:///{tmp_path}/fresh.db")
+    assert tune(fresh_spec, options) == 0
+    trials = optuna.load_study(study_name="tiny/cpu/queued/L64", storage=options.storage).get_trials()
+    assert {t.user_attrs["process"] for t in trials} == {"fresh"}
+    assert len({t.user_attrs["timings"]["pid"] for t in trials}) == len(trials) == 5
+
+
+def test_the_process_setting_is_checked_and_overridden_on_the_command_line(tmp_path):
+    from autotune.spec import SpecError
+    from autotune.tune import add_arguments
+    import argparse
+
+    with pytest.raises(SpecError, match="process"):
+        _spec(tmp_path, extra='[trials]\nprocess = "lukewarm"\n')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--study", "x.toml"]).process is None  # the spec decides
+    assert parser.parse_args(["--study", "x.toml", "--process", "fresh"]).process == "fresh"
 
 
 def test_flat_surface_keeps_the_baseline(tmp_path, fake_bench, monkeypatch):
@@ -283,17 +319,20 @@ def test_wall_time_budget_stops_the_search(tmp_path, fake_bench, monkeypatch):
 
 
 def test_trial_timeout_adapts_to_the_baseline_and_is_capped(tmp_path, fake_bench):
+    from autotune.study_search import Budget, StudySearch
+
     spec = _spec(tmp_path, extra="[trials]\ntimeout_factor = 5\ntimeout_min_s = 30\ntimeout_cap_s = 120\n")
     tuner = ContextTuner(spec, _options(tmp_path, fake_bench), 64, storage=None, location=None,
                          device_kind="cpu", device="cpu", fingerprint={}, stop=None)
-    assert tuner._trial_timeout(3) == 120  # no baseline yet: the cap
+    loop = StudySearch(tuner.session, budget=Budget(5, None), device="cpu", process="fresh")
+    assert loop.trial_timeout(3) == 120  # no baseline yet: the cap
     for wall, expected in ((10.0, 50.0), (100.0, 120.0), (1.0, 30.0)):
-        tuner.baseline_wall_s = wall
-        assert tuner._trial_timeout(3) == expected
-    tuner.baseline_wall_s = 10.0
-    assert tuner._trial_timeout(6) == 100.0  # confirmation: twice the repeats, twice the time
-    config = tuner.bench_config({"workers": 2, "heads_per_band": 1, "chunk_size": 32, "T_inner": 8}, 3, 50.0)
-    assert config["time_limit_s"] < 50.0  # the child stops itself before the hard kill
+        tuner.session.baseline_wall_s = wall
+        assert loop.trial_timeout(3) == expected
+    tuner.session.baseline_wall_s = 10.0
+    assert loop.trial_timeout(6) == 100.0  # confirmation: twice the repeats, twice the time
+    request = loop.request({"workers": 2, "heads_per_band": 1, "chunk_size": 32, "T_inner": 8}, 3, 50.0)
+    assert request.time_limit_s < 50.0  # the child stops itself before the hard kill
 
 
 # ------------------------------------------------------------ store safety
@@ -459,6 +498,27 @@ def test_second_ctrl_c_kills_the_trial_and_queues_it_again(tmp_path, fake_bench)
     queued = [t for t in trials if t.state == TrialState.WAITING]
     assert len(queued) == 1 and queued[0].user_attrs == {"requeued_from": trial.number, "baseline": True}
     assert queued[0].system_attrs["fixed_params"] == killed.params
+
+
+def test_a_warm_worker_killed_mid_trial_fails_that_trial_and_a_new_worker_takes_over(tmp_path, fake_bench):
+    """kill -9 of the warm worker (not the tuner): its trial is a crash FAIL, as for a
+    fresh benchmark process; the tuner starts another worker and spends the budget,
+    measuring no config twice."""
+    _spec(tmp_path, top_k=0)
+    proc = _start_tuner(tmp_path, fake_bench, 5, {"FAKE_BENCH_SLEEP": "1"})
+    trial = wait_for(_running_trial(tmp_path, "tiny/cpu/queued/L64", 1), 60, "a trial after the baseline to run")
+    worker = trial.user_attrs["bench_pid"]
+    os.killpg(worker, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
+    killed = trials[trial.number]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["error_kind"] == "crash"
+    assert "signal 9" in killed.user_attrs["error_message"]
+    assert len(trials) == 5 and sum(t.state == TrialState.COMPLETE for t in trials) == 4
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5  # nothing measured twice
+    later = {t.user_attrs["bench_pid"] for t in trials[trial.number + 1:]}
+    assert later and worker not in later  # a new worker measured the rest
 
 
 # ------------------------------------------------- end to end, real benchmark

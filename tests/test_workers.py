@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.cli import UserError
+from autotune.errors import UserError
 from autotune.spec import load_spec
 from autotune.store import is_stale, recover_stale_trials
 from autotune.tune import TuneOptions, tune

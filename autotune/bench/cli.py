@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from autotune.bench.config import BenchConfig
+from autotune.bench.config import BenchRequest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         default=None,
         help="the config as one JSON object (or '-' / nothing: read it from stdin); "
-        f"fields: {', '.join(BenchConfig.field_names())}",
+        f"fields: {', '.join(BenchRequest.field_names())}",
     )
 
 

@@ -1,7 +1,11 @@
-"""The benchmark's input: one flat JSON object, validated into a BenchConfig.
+"""The benchmark's input: one flat JSON object, validated into a BenchRequest.
 
-Every field but `shape` has a default. Every error names the field and what would fix
-it; an unknown field is an error (a typo must not silently fall back to a default).
+The tuner builds a BenchRequest and sends its JSON; the benchmark parses the same
+class, so both sides share one set of fields and defaults. Every field but `shape` has
+a default, the spec's own where the spec has the setting (a benchmark run by hand
+measures what a trial of a default spec measures). Every error names the field and
+what would fix it; an unknown field is an error (a typo must not silently fall back to
+a default). The knob constraints are the scheduler's plan (`schedulers.make_plan`).
 """
 
 from __future__ import annotations
@@ -14,38 +18,38 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune.bench.errors import InvalidConfig
+from autotune.names import BACKENDS, DTYPES, KNOBS
+from autotune.spec import ModelSpec, WorkloadSpec
 
-DTYPES = ("float32", "bfloat16")
-BACKENDS = ("sequential", "queued", "ray")
 _DEVICE_RE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 
 DEFAULT_CHUNK_SIZE = 64
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class BenchRequest:
     shape: str
-    dtype: str = "float32"
-    device: str = "auto"
-    backend: str = "sequential"
+    dtype: str = ModelSpec.dtype
+    device: str = ModelSpec.device
+    backend: str = ModelSpec.backends[0]
     workers: int = 1
     heads_per_band: int | None = None  # None: all heads in one band
     chunk_size: int = DEFAULT_CHUNK_SIZE
     T_inner: int | None = None  # None: chunk_size (one kernel call per chunk)
     context: int = 2048
-    new_tokens: int = 16
-    batch: int = 1
-    repeats: int = 3
-    seed: int = 0
+    new_tokens: int = WorkloadSpec.new_tokens
+    batch: int = WorkloadSpec.batch
+    repeats: int = WorkloadSpec.repeats
+    seed: int = WorkloadSpec.seed
     time_limit_s: float = 600.0
-    compile: bool = False  # torch.compile the T_inner kernel (compile time is warm-up)
+    compile: bool = ModelSpec.compile  # torch.compile the T_inner kernel (compile time is warm-up)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, data: Any) -> "BenchConfig":
+    def from_dict(cls, data: Any) -> "BenchRequest":
         """Validate a decoded JSON object; defaults filled in, knobs resolved for the shape."""
         if not isinstance(data, dict):
             raise InvalidConfig(None, f"the config must be a JSON object, got {type(data).__name__}")
@@ -75,18 +79,11 @@ class BenchConfig:
         num_heads = _num_heads(shape)
         workers = _int(values, "workers", cls.workers, minimum=1)
         heads_per_band = _int(values, "heads_per_band", num_heads, minimum=1)
-        if num_heads % heads_per_band:
-            raise InvalidConfig(
-                "heads_per_band",
-                f"{heads_per_band} does not divide the {num_heads} heads of shape {shape!r}; "
-                f"use one of {_divisors(num_heads)}",
-            )
         chunk_size = _int(values, "chunk_size", cls.chunk_size, minimum=1)
         T_inner = _int(values, "T_inner", chunk_size, minimum=1)
-        if chunk_size % T_inner:
-            raise InvalidConfig(
-                "T_inner", f"{T_inner} does not divide chunk_size {chunk_size}; use one of {_divisors(chunk_size)}"
-            )
+        context = _int(values, "context", cls.context, minimum=1)
+        _check_plan(num_heads, context, dict(workers=workers, heads_per_band=heads_per_band,
+                                             chunk_size=chunk_size, T_inner=T_inner))
         time_limit_s = _number(values, "time_limit_s", cls.time_limit_s)
         if not time_limit_s > 0:
             raise InvalidConfig("time_limit_s", f"must be > 0 seconds, got {time_limit_s}")
@@ -103,7 +100,7 @@ class BenchConfig:
             heads_per_band=heads_per_band,
             chunk_size=chunk_size,
             T_inner=T_inner,
-            context=_int(values, "context", cls.context, minimum=1),
+            context=context,
             new_tokens=_int(values, "new_tokens", cls.new_tokens, minimum=1),
             batch=_int(values, "batch", cls.batch, minimum=1),
             repeats=_int(values, "repeats", cls.repeats, minimum=1),
@@ -113,7 +110,7 @@ class BenchConfig:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "BenchConfig":
+    def from_json(cls, text: str) -> "BenchRequest":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -122,6 +119,12 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def with_changes(self, **changes: Any) -> "BenchRequest":
+        return dataclasses.replace(self, **changes)
 
     def knobs(self):
         from schedulers import Knobs
@@ -146,8 +149,16 @@ def _num_heads(shape: str) -> int:
     return int(get_config(shape).num_heads)
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _check_plan(num_heads: int, context: int, knobs: dict[str, int]) -> None:
+    """The scheduler's own constraints: the knobs must make a plan at this length."""
+    from schedulers import Knobs, PlanError, make_plan
+
+    try:
+        make_plan(num_heads, context, Knobs(**knobs))
+    except PlanError as exc:
+        message = str(exc)
+        raise InvalidConfig(next((k for k in KNOBS if f"{k}=" in message.split(" must ")[0]), "knobs"),
+                            message) from None
 
 
 def _choice(values: dict, name: str, choices, default=None):

@@ -18,11 +18,13 @@ import traceback
 from typing import IO, Callable
 
 from autotune.bench import tuner_watch
-from autotune.bench.config import BenchConfig
+from autotune.bench.config import BenchRequest
 from autotune.bench.errors import EXIT_CODES, TIMEOUT, InvalidConfig, classify
 from autotune.bench.output import ResultChannel
+from autotune.bench.result import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
+WORKER_ARG = "--worker"
+END_OF_REQUEST = "bench worker: end of request"  # a warm worker's stderr line before each result
 
 log = logging.getLogger("autotune.bench")
 
@@ -57,13 +59,14 @@ class Progress:
                 log.warning("cleanup failed: %s", exc)
 
 
-def error_result(kind: str, message: str, config: BenchConfig | None, progress: Progress) -> dict:
+def error_result(kind: str, message: str, config: BenchRequest | None, progress: Progress) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "error",
         "error": {"kind": kind, "message": message, "phase": progress.phase},
         "config": config.to_dict() if config is not None else None,
-        "timings": dict(progress.timings),
+        # elapsed_s: when the run ended, by its own clock (its time limit counts from the same start)
+        "timings": {**progress.timings, "elapsed_s": round(time.perf_counter() - progress.started, 3)},
         "env": _env_or_none(progress.device),
     }
 
@@ -95,7 +98,7 @@ def read_config_text(arg: str | None, stdin: IO[str] | None) -> str:
 class Watchdog:
     """Emits the timeout result and ends the process when the time limit passes."""
 
-    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchConfig, progress: Progress):
+    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchRequest, progress: Progress):
         self._limit_s = limit_s
         self._channel = channel
         self._config = config
@@ -132,19 +135,20 @@ class Watchdog:
         os._exit(code)
 
 
-def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False) -> int:
-    """Measure the config in `text`; emit exactly one result on `channel`; return the exit code."""
+def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache=None) -> int:
+    """Measure the config in `text`; emit exactly one result on `channel`; return the exit code.
+    cache: what a warm worker keeps between measurements (autotune.bench.measure.WarmCache)."""
     from autotune.bench.measure import measure
 
     progress = Progress()
     config = None
     dog = None
     try:
-        config = BenchConfig.from_json(text)
+        config = BenchRequest.from_json(text)
         if watchdog:
             dog = Watchdog(config.time_limit_s, channel, config, progress)
             dog.start()
-        body = measure(config, progress)
+        body = measure(config, progress, cache)
         result = {"schema_version": SCHEMA_VERSION, "status": "ok", **body, "config": config.to_dict()}
         progress.phase = "done"
         channel.emit(result)
@@ -166,6 +170,40 @@ def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False) -> in
             dog.cancel()
 
 
+class _Reply(ResultChannel):
+    """A warm worker's answer to one request: the end-of-request marker goes to stderr
+    just before the result line, so the tuner knows which stderr lines were this
+    request's, although it reads the two pipes apart."""
+
+    def emit(self, result: dict) -> bool:
+        if self.emitted is None:
+            print(END_OF_REQUEST, file=sys.stderr, flush=True)
+        return super().emit(result)
+
+
+def serve(channel: ResultChannel) -> int:
+    """A warm worker: measure each request line as a benchmark process measures its one
+    config (run_text), keeping what never depends on the knobs (WarmCache). A worker
+    vouches only for a process in which nothing has gone wrong: after an error result
+    it exits (a CUDA error can poison the context, an OOM leaves fragments, a timeout a
+    stuck thread) and the tuner starts a fresh one. End of stdin ends it."""
+    import gc
+
+    from autotune.bench.measure import WarmCache
+
+    cache = WarmCache()
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if not line.strip():
+            continue
+        code = run_text(line, _Reply(channel.stream), watchdog=True, cache=cache)
+        if code != 0:
+            return code
+        gc.collect()  # the last config's scheduler and tensors, before the next is timed
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("bench %(levelname)s %(message)s"))
@@ -176,12 +214,20 @@ def configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Process entry: argv is [config-json] or [] (config on stdin)."""
+    """Process entry: argv is [config-json] or [] (config on stdin), optionally with
+    `--tuner PID:START` (the tuner this benchmark dies with), or `--worker`: measure
+    request after request, one JSON line each on stdin (a warm worker)."""
     argv = sys.argv[1:] if argv is None else argv
     configure_logging()
-    tuner_watch.start()
     channel = ResultChannel(redirect_fds=True)
     try:
+        try:
+            tuner, argv = tuner_watch.from_argv(argv)
+        except ValueError as exc:
+            raise InvalidConfig(None, str(exc)) from None
+        tuner_watch.start(tuner)
+        if argv == [WORKER_ARG]:
+            return serve(channel)
         if len(argv) > 1:
             raise InvalidConfig(None, "pass the whole config as one JSON argument (quote it)")
         try:

@@ -11,9 +11,10 @@ Phases (each timed apart; only the repeats are timed regions):
            at the last prompt position and at the first decoded token
   recall   MQAR with the mqar-tiny checkpoint through the configured backend and knobs
 
-The time limit (time_limit_s) ends a run early as a timeout, after the warm-up and after
-each timed repeat, once the timed prefills still to come could not end within it even if
-each were 10% faster than the fastest seen; otherwise the watchdog ends it at the limit.
+The time limit (time_limit_s) ends a run early as a timeout, before each warm-up pass
+after the first, after the warm-up and after each timed repeat, once the prefills still
+to come could not end within it even if each were 10% faster than the fastest seen;
+otherwise the watchdog ends it at the limit.
 
 A prefill computes logits for the last prompt position only, as an inference runtime
 does (it needs the next token, not L x vocab logits); every position still runs through
@@ -25,21 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import resource
-import sys
 import time
 
 import torch
 
 from autotune.bench import env
-from autotune.bench.config import BenchConfig
+from autotune.bench.config import BenchRequest
 from autotune.bench.errors import BenchTimeout, InvalidConfig, check_finite
-from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_model
+from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_data, recall_model
+from autotune.bench.memory import PeakMemory
 from autotune.bench.stats import summary
+from autotune.names import torch_dtype
 
 log = logging.getLogger("autotune.bench")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # The drift reference: sequential, one band, the model's default chunking.
 REFERENCE_CHUNK = 64
 WARMUP_DECODE_STEPS = 2
@@ -48,13 +48,6 @@ WARM_WHEN_WITHIN = 0.10  # a compiled pass is warm when no more than 10% faster 
 # A timed prefill is taken to be at least this share of the fastest one before it, so a
 # run ends early only when even prefills 10% faster than any seen could not fit.
 PREFILL_FLOOR = 0.9
-
-
-def _knob_field(message: str) -> str:
-    for name in ("heads_per_band", "T_inner", "chunk_size", "workers"):
-        if name in message:
-            return name
-    return "knobs"
 
 
 class _Clock:
@@ -71,36 +64,12 @@ class _Clock:
         return time.perf_counter()
 
 
-class _PeakMemory:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._mps_peak = 0
-        if device.type == "cuda":
-            self.source = "cuda_max_memory_allocated"
-        elif device.type == "mps":
-            self.source = "mps_driver_allocated_sampled"
-        else:
-            # Process-wide high-water mark since start (model, warm-up and Python included).
-            self.source = "ru_maxrss"
-
-    def reset(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def sample(self) -> None:
-        if self.device.type == "mps":
-            self._mps_peak = max(self._mps_peak, int(torch.mps.driver_allocated_memory()))
-
-    def peak(self) -> int:
-        if self.device.type == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        if self.device.type == "mps":
-            return self._mps_peak
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+def settles_over_passes(config: BenchRequest, device: torch.device) -> bool:
+    """Compiled kernels and GPU libraries settle over a few warm-up passes; eager CPU does not."""
+    return config.compile or device.type != "cpu"
 
 
-def ensure_time_for(progress, config: BenchConfig, prefills: int, fastest_s: float) -> None:
+def ensure_time_for(progress, config: BenchRequest, prefills: int, fastest_s: float) -> None:
     """End the run now, as a timeout, when `prefills` more timed prefills cannot end
     within the time limit: the run is sure to reach it, and waiting for that costs the
     caller the rest of the limit."""
@@ -150,7 +119,7 @@ def _decode(decoder, scheduler, token, state, steps: int):
     return tokens[:, -1], decoder.state(), logits
 
 
-def _paths(model, scheduler, config: BenchConfig, device: torch.device):
+def _paths(model, scheduler, config: BenchRequest, device: torch.device, cache: NoCache):
     """The forward used for prefill and the decoder for generation.
 
     On CUDA: the fused-weight forward (kernels.fastpath) and a CUDA-graph decoder whose
@@ -164,7 +133,7 @@ def _paths(model, scheduler, config: BenchConfig, device: torch.device):
     if device.type == "cuda":
         from kernels.fastpath import FastModel
 
-        fast = FastModel(model)
+        fast = cache.get(("fast", id(model)), lambda: FastModel(model))
     decoder = make_decoder(model, scheduler, batch=config.batch, fast=fast,
                            graphs=device.type == "cuda" and config.backend != "ray")
     reason = getattr(decoder, "reason", None)
@@ -172,16 +141,38 @@ def _paths(model, scheduler, config: BenchConfig, device: torch.device):
     return (fast if fast is not None else model), decoder
 
 
+class NoCache:
+    """Builds everything afresh: one benchmark process, one measurement."""
+
+    def get(self, key, build):
+        return build()
+
+
+class WarmCache(NoCache):
+    """What a warm worker keeps between measurements: what never depends on the knobs.
+    The models (their weights follow from shape, device, dtype and seed), the sequential
+    reference's outputs for the drift check and the MQAR data. Schedulers, decoders,
+    CUDA graphs and prompts are built per measurement, exactly as in a fresh process."""
+
+    def __init__(self) -> None:
+        self._items: dict = {}
+
+    def get(self, key, build):
+        if key not in self._items:
+            self._items[key] = build()
+        return self._items[key]
+
+
 @torch.no_grad()
-def measure(config: BenchConfig, progress) -> dict:
+def measure(config: BenchRequest, progress, cache: NoCache | None = None) -> dict:
     with contextlib.ExitStack() as stack:
-        return _measure(config, progress, stack)
+        return _measure(config, progress, stack, cache or NoCache())
 
 
-def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict:
+def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache: NoCache) -> dict:
     from kernels import XLSTM, resolve_device
     from kernels.model import get_config
-    from schedulers import Knobs, PlanError, make_plan, make_scheduler
+    from schedulers import Knobs, make_scheduler
 
     timings = progress.timings
     t_start = time.perf_counter()
@@ -191,22 +182,19 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     except ValueError as exc:
         raise InvalidConfig("device", str(exc)) from None
     progress.device = device
-    dtype = DTYPES[config.dtype]
+    dtype = torch_dtype(config.dtype)
     shape = get_config(config.shape)
-    knobs = config.knobs()
-    try:
-        make_plan(shape.num_heads, config.context, knobs)
-    except PlanError as exc:
-        raise InvalidConfig(_knob_field(str(exc)), str(exc)) from None
+    knobs = config.knobs()  # BenchRequest checked them against this shape's plan
 
     clock = _Clock(device)
     torch.manual_seed(config.seed)
-    model = XLSTM(shape, device=device, dtype=dtype, seed=config.seed)
+    model = cache.get(("model", config.shape, str(device), config.dtype, config.seed),
+                      lambda: XLSTM(shape, device=device, dtype=dtype, seed=config.seed))
     scheduler = make_scheduler(config.backend, knobs, device=device, dtype=dtype,
                                compile=config.compile, watchdog_s=config.time_limit_s)
     progress.on_cleanup(scheduler.close)
     model.cell_runner = scheduler
-    forward, decoder = _paths(model, scheduler, config, device)
+    forward, decoder = _paths(model, scheduler, config, device, cache)
     stack.enter_context(last_position_logits(model, forward if forward is not model else None))
     gen = torch.Generator().manual_seed(config.seed)
     prompt = torch.randint(0, shape.vocab_size, (config.batch, config.context), generator=gen).to(device)
@@ -231,8 +219,9 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     counters["decode"] = decoder.counters.as_dict()
     _decode(decoder, scheduler, logits[:, -1].argmax(dim=-1), decoder.state(), WARMUP_DECODE_STEPS - 1)
     passes, last = 1, clock.now() - t0
-    while config.compile or device.type != "cpu":
-        # Compiled kernels and GPU libraries settle over a few passes; eager CPU does not.
+    while settles_over_passes(config, device):
+        # Another pass is only worth it while it and the timed prefills still fit.
+        ensure_time_for(progress, config, config.repeats + 1, min(prefill_s))
         t1 = clock.now()
         _, state = forward(prompt)
         prefill_s.append(clock.now() - t1)
@@ -249,7 +238,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
 
     # ---- timed repeats
     progress.phase = "measure"
-    memory = _PeakMemory(device)
+    memory = PeakMemory(device)
     memory.reset()
     B, L, N = config.batch, config.context, config.new_tokens
     prefill_tok_s, decode_tok_s, ttft_ms = [], [], []
@@ -293,13 +282,12 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     else:
         decoder.load_state(state, scheduler.materialize)
         configured_step = decoder.step(first[:, None])  # the configured decode path
-        with make_scheduler("sequential", reference, device=device, dtype=dtype) as ref:
-            model.cell_runner = ref
-            ref_logits, ref_state = model(prompt)
-            max_drift = float((ref_logits - logits).abs().max())  # (B, 1, V) each
-            del ref_logits
-            ref_step, _ = model(first[:, None], ref_state)
-            max_drift = max(max_drift, float((ref_step - configured_step).abs().max()))
+        # The reference outputs depend on the model, the prompt and the first token only,
+        # never on the knobs: a warm worker computes them once.
+        key = ("drift", id(model), config.context, config.batch, config.seed, tuple(first.tolist()))
+        ref_logits, ref_step = cache.get(key, lambda: _reference_outputs(model, reference, prompt, first, device, dtype))
+        max_drift = max(float((ref_logits - logits).abs().max()),  # (B, 1, V) each
+                        float((ref_step - configured_step).abs().max()))
         model.cell_runner = scheduler
     del logits, state, end_state
     timings["drift_s"] = time.perf_counter() - t0
@@ -307,7 +295,7 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     # ---- recall with the trained mqar-tiny model, same backend and knobs, float32
     progress.phase = "recall"
     t0 = time.perf_counter()
-    recall = _recall(config, device, knobs, scheduler, dtype)
+    recall = _recall(config, device, knobs, scheduler, dtype, cache)
     timings["recall_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
@@ -325,7 +313,23 @@ def _measure(config: BenchConfig, progress, stack: contextlib.ExitStack) -> dict
     return {"metrics": metrics, "counters": counters, "timings": dict(timings), "env": env.collect(device)}
 
 
-def _recall(config: BenchConfig, device, knobs, scheduler, dtype) -> dict:
+def _reference_outputs(model, reference, prompt, first, device, dtype):
+    """The sequential reference's logits at the prompt's last position and after the
+    first token."""
+    from schedulers import make_scheduler
+
+    runner = model.cell_runner
+    with make_scheduler("sequential", reference, device=device, dtype=dtype) as ref:
+        model.cell_runner = ref
+        try:
+            ref_logits, ref_state = model(prompt)
+            ref_step, _ = model(first[:, None], ref_state)
+        finally:
+            model.cell_runner = runner
+    return ref_logits, ref_step
+
+
+def _recall(config: BenchRequest, device, knobs, scheduler, dtype, cache: NoCache) -> dict:
     from kernels.model import get_config
     from schedulers import PlanError, make_plan, make_scheduler
 
@@ -347,8 +351,10 @@ def _recall(config: BenchConfig, device, knobs, scheduler, dtype) -> dict:
         runner = make_scheduler(config.backend, knobs, device=device, dtype=torch.float32,
                                 compile=config.compile, watchdog_s=config.time_limit_s)
     try:
-        model = recall_model(device, runner)
-        return measure_recall(model, config.context, check=check_finite)
+        model = cache.get(("recall", str(device)), lambda: recall_model(device, runner))
+        model.cell_runner = runner
+        data = cache.get(("mqar", config.context), lambda: recall_data(config.context))
+        return measure_recall(model, config.context, check=check_finite, data=data)
     finally:
         if runner is not scheduler:
             runner.close()

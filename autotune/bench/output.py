@@ -39,6 +39,12 @@ class ResultChannel:
             self._stream = stream if stream is not None else sys.stdout
 
     @property
+    def stream(self) -> IO[str]:
+        """Where result lines go (the real stdout); a warm worker answers each request
+        on a channel of its own over this stream."""
+        return self._stream
+
+    @property
     def emitted(self) -> dict | None:
         return self._emitted
 

@@ -49,13 +49,20 @@ def head_at(model: kernels.XLSTM, mask: torch.Tensor):
         handle.remove()
 
 
-@torch.no_grad()
-def measure_recall(model: kernels.XLSTM, context: int, *, check=None) -> dict:
-    """{recall, mqar_pairs, mqar_queries} at `context` tokens; `check(name, logits)` is
-    called on every logits tensor (the benchmark's NaN/inf check)."""
-    pairs = pairs_for_length(context)
+def recall_data(context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MQAR inputs and labels at `context` tokens (fixed seed: the same every time)."""
     sequences = max(MIN_SEQUENCES, math.ceil(RECALL_TOKENS / context))
-    inputs, labels = mqar_batch(sequences, context, pairs, seed=DATA_SEED)
+    return mqar_batch(sequences, context, pairs_for_length(context), seed=DATA_SEED)
+
+
+@torch.no_grad()
+def measure_recall(model: kernels.XLSTM, context: int, *, check=None, data=None) -> dict:
+    """{recall, mqar_pairs, mqar_queries} at `context` tokens; `check(name, logits)` is
+    called on every logits tensor (the benchmark's NaN/inf check). data: recall_data(context),
+    when the caller keeps it."""
+    pairs = pairs_for_length(context)
+    inputs, labels = data if data is not None else recall_data(context)
+    sequences = inputs.shape[0]
     per_pass = max(1, BATCH_TOKENS // context)
     correct = total = 0
     for start in range(0, sequences, per_pass):

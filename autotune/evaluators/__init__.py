@@ -1,0 +1,23 @@
+"""Evaluators: what measures a benchmark request (autotune.evaluators.base).
+
+- FreshProcess: one `python -m autotune.bench` process per measurement.
+- WarmWorker: one long-lived worker per slot, replaced after any failure (the default).
+- SurfaceEvaluator: a recorded surface answers (replay, tests).
+"""
+
+from autotune.evaluators.base import PROCESS_MODES, Evaluator
+from autotune.evaluators.fresh import FreshProcess
+from autotune.evaluators.surface import SurfaceEvaluator
+from autotune.evaluators.warm import WarmWorker
+
+
+def make_evaluator(process: str, *, command=None, env=None) -> Evaluator:
+    """The evaluator of one slot for `[trials] process` / `--process`."""
+    if process == "warm":
+        return WarmWorker(command, env)
+    if process == "fresh":
+        return FreshProcess(command, env)
+    raise ValueError(f"process must be one of {', '.join(PROCESS_MODES)}, got {process!r}")
+
+
+__all__ = ["PROCESS_MODES", "Evaluator", "FreshProcess", "SurfaceEvaluator", "WarmWorker", "make_evaluator"]

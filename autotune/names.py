@@ -1,0 +1,21 @@
+"""The names every layer agrees on: scheduling knobs, backends, dtypes.
+
+Torch-free, so that reading a spec or a store never imports torch. The schedulers
+implement exactly these (tests/test_records.py holds them equal to
+`schedulers.KNOB_NAMES` and `schedulers.BACKENDS`).
+"""
+
+from __future__ import annotations
+
+KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
+BACKENDS = ("sequential", "queued", "ray")
+DTYPES = ("float32", "bfloat16")
+
+
+def torch_dtype(name: str):
+    """The torch dtype of one of DTYPES."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
