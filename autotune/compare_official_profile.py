@@ -158,11 +158,11 @@ def _graph_prefill(fast, toks, sched, repeats: int) -> dict:
     return {"wall_ms": wall * 1e3, "tok_s": toks.shape[1] / wall, "max_abs_logit_diff": diff}
 
 
-DECODE_SETTINGS = {  # kernels.triton_ops constants tried side by side in the decode graph
+DECODE_SETTINGS = {  # kernel parameters of the triton ops tried side by side in the decode graph
     "as shipped": {},
-    "rows_max_k=16384": {"ROWS_MAX_K": 16384},
-    "step_tile=4096": {"STEP_TILE_ELEMS": 4096},
-    "both": {"ROWS_MAX_K": 16384, "STEP_TILE_ELEMS": 4096},
+    "rows_max_k=16384": {"rows_max_k": 16384},
+    "step_tile=4096": {"step_tile": 4096},
+    "both": {"rows_max_k": 16384, "step_tile": 4096},
 }
 
 
@@ -173,32 +173,28 @@ def profile_decode(fast, steps: int, seed: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from autotune.compare_official_model import timed, tokens
-    from kernels import triton_ops
+    from kernels.registry import KernelRun, use_run
     from schedulers import Knobs
     from schedulers.graphs import GraphDecoder, StaticDecoder
 
     model = fast.model
     knobs = Knobs(workers=1, heads_per_band=model.config.num_heads, chunk_size=64, T_inner=64)
     token = tokens(model.config.vocab_size, 1, 1, seed, model.device)
-    shipped = {name: getattr(triton_ops, name) for name in ("ROWS_MAX_K", "STEP_TILE_ELEMS")}
     settings, reference = {}, None
     with torch.no_grad():
         for label, values in [*DECODE_SETTINGS.items(), ("as shipped, again", {})]:
-            for name, value in {**shipped, **values}.items():
-                setattr(triton_ops, name, value)
-            graph = GraphDecoder(model, knobs, fast=fast)
-            graph.load_state(None)
-            logits = graph.step(token).clone()
-            reference = logits if reference is None else reference
-            graph.generate(token, 4)
-            step_s = statistics.median(timed(lambda: graph.generate(token, steps), 3)) / steps
+            with use_run(KernelRun(params=values)):  # the graph captures the kernels of this setting
+                graph = GraphDecoder(model, knobs, fast=fast)
+                graph.load_state(None)
+                logits = graph.step(token).clone()
+                reference = logits if reference is None else reference
+                graph.generate(token, 4)
+                step_s = statistics.median(timed(lambda: graph.generate(token, steps), 3)) / steps
             settings[label] = {"step_ms": step_s * 1e3, "tok_s": 1 / step_s,
                                "max_abs_logit_diff": (logits - reference).abs().max().item()}
             print(f"  decode {label:20} {step_s * 1e3:.3f} ms/step  {1 / step_s:7.1f} tok/s  "
                   f"max |dlogit| {settings[label]['max_abs_logit_diff']:.2e}", flush=True)
             del graph
-        for name, value in shipped.items():
-            setattr(triton_ops, name, value)
         eager = StaticDecoder(model, knobs, fast=fast)
         eager.load_state(None)
         eager.generate(token, 2)
@@ -224,7 +220,8 @@ def profile_cell(config, length: int, seed: int) -> dict:
     CELL_SETTINGS: ms per call (median of 5) and the largest h difference from the
     shipped setting."""
     from autotune.compare_official_model import timed
-    from kernels import chunkwise, triton_chunkwise
+    from kernels import chunkwise
+    from kernels.registry import KernelRun, use_run
 
     g = torch.Generator(device="cuda").manual_seed(seed)
     nh, dk, dv = config.num_heads, config.qk_dim // config.num_heads, config.v_dim // config.num_heads
@@ -232,22 +229,19 @@ def profile_cell(config, length: int, seed: int) -> dict:
     v = torch.randn(1, nh, length, dv, device="cuda", generator=g).to(torch.bfloat16)
     i = 15 * torch.tanh((torch.randn(1, nh, length, device="cuda", generator=g) * 4 - 6) / 15)
     f = 15 * torch.tanh((torch.randn(1, nh, length, device="cuda", generator=g) * 2 + 4) / 15)
-    shipped, out, reference = triton_chunkwise.OUTPUT_WARPS, {}, None
-    try:
-        for label, (sub_chunk, warps) in CELL_SETTINGS.items():
-            triton_chunkwise.OUTPUT_WARPS = warps
+    out, reference = {}, None
+    for label, (sub_chunk, warps) in CELL_SETTINGS.items():
+        with use_run(KernelRun(params={"sub_chunk": sub_chunk, "output_warps": warps})):
 
             def call():
-                return chunkwise.mlstm_chunkwise(q, k, v, i, f, sub_chunk=sub_chunk, method="triton")[0]
+                return chunkwise.mlstm_chunkwise(q, k, v, i, f, method="triton")[0]
 
             h = call()
             reference = h if reference is None else reference
             ms = statistics.median(timed(call, 5)) * 1e3
-            out[label] = {"ms": ms, "max_abs_h_diff": (h.float() - reference.float()).abs().max().item()}
-            print(f"  cell L={length} {label:26} {ms:8.3f} ms/layer  max |dh| {out[label]['max_abs_h_diff']:.2e}",
-                  flush=True)
-    finally:
-        triton_chunkwise.OUTPUT_WARPS = shipped
+        out[label] = {"ms": ms, "max_abs_h_diff": (h.float() - reference.float()).abs().max().item()}
+        print(f"  cell L={length} {label:26} {ms:8.3f} ms/layer  max |dh| {out[label]['max_abs_h_diff']:.2e}",
+              flush=True)
     return out
 
 

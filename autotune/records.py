@@ -30,6 +30,7 @@ ENV = "env"
 TIMINGS = "timings"
 METRICS = "metrics"
 COUNTERS = "counters"
+KERNELS = "kernels"  # the kernels and parameters that ran, any fallback (kernels.registry)
 ERROR_KIND = "error_kind"
 ERROR_MESSAGE = "error_message"
 

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import records as R
 from autotune.bench.config import BenchRequest
+from autotune.bench.result import KERNEL_FALLBACK
 from autotune.loop import DONE, WAIT, Step
 from autotune.objective import CONSTRAINT, recall_violation, score
 from autotune.session import StudySession
@@ -191,10 +192,15 @@ class StudySearch:
             trial.set_user_attr(R.ENV, result.env)
         if result.timings:
             trial.set_user_attr(R.TIMINGS, result.timings)
+        if result.kernels:
+            trial.set_user_attr(R.KERNELS, result.kernels)
 
         value = None
         kind, message = outcome.error_kind, outcome.error_message
-        if outcome.ok:
+        if outcome.ok and result.fallback:  # other kernels ran than the config names (bench/result.py)
+            kind, message = KERNEL_FALLBACK, f"a kernel fell back: {result.fallback}"
+            trial.set_user_attr(R.METRICS, result.metrics)
+        elif outcome.ok:
             try:
                 if current.baseline:
                     session.adopt_baseline(result.metrics, outcome.wall_s, trial.number)

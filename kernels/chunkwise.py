@@ -39,9 +39,14 @@ from kernels.registry import DEFAULT_SUB_CHUNK, MIN_SUB_CHUNKS, current_run
 SUB_CHUNK = DEFAULT_SUB_CHUNK
 
 
-def uses_sub_chunks(seq_len: int, sub_chunk: int = SUB_CHUNK) -> bool:
-    """Whether a window of seq_len steps takes the sub-chunked form."""
-    return seq_len >= MIN_SUB_CHUNKS * sub_chunk
+def run_sub_chunk() -> int:
+    """The sub-chunk of the run in force (its `sub_chunk` kernel parameter)."""
+    return current_run().param("sub_chunk")
+
+
+def uses_sub_chunks(seq_len: int, sub_chunk: int | None = None) -> bool:
+    """Whether a window of seq_len steps takes the sub-chunked form (sub_chunk: the run's)."""
+    return seq_len >= MIN_SUB_CHUNKS * (run_sub_chunk() if sub_chunk is None else sub_chunk)
 
 
 def _segment_sums(x: torch.Tensor) -> torch.Tensor:
@@ -324,7 +329,9 @@ def _finish(q_m, k_m, v_aug, D, b, m_start, m_end, Cn0, states, mode: str, out_d
 METHODS = ("fp32", "split", "triton")
 
 
-def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
+def _run(prepare, q, k, v, i, f, state, sub_chunk: int | None, mode: str | None):
+    if sub_chunk is None:
+        sub_chunk = run_sub_chunk()
     if sub_chunk < 1:
         raise ValueError(f"sub_chunk must be >= 1, got {sub_chunk}")
     B, NH, S, DHQK = q.shape
@@ -353,10 +360,8 @@ def _run(prepare, q, k, v, i, f, state, sub_chunk: int, mode: str | None):
             warnings.warn(f"Triton sub-chunk kernels unavailable ({why}); using torch matmuls",
                           RuntimeWarning, stacklevel=3)
             return _run(prepare, q, k, v, i, f, state, sub_chunk, None)
-        from kernels import triton_chunkwise
-
         current_run().record("prefill_cell", TRITON_CELL,
-                             {"sub_chunk": sub_chunk, "output_warps": triton_chunkwise.OUTPUT_WARPS})
+                             {"sub_chunk": sub_chunk, "output_warps": current_run().param("output_warps")})
         if main < S:
             t = slice(main, S)  # the tail, shorter than one sub-chunk
             h[:, :, t], out_state = mlstm_block(q[:, :, t], k[:, :, t], v[:, :, t], i[:, :, t], f[:, :, t],
@@ -385,10 +390,11 @@ def mlstm_chunkwise(
     f: torch.Tensor,
     state: MLSTMState | None = None,
     *,
-    sub_chunk: int = SUB_CHUNK,
+    sub_chunk: int | None = None,
     method: str | None = None,
 ) -> tuple[torch.Tensor, MLSTMState]:
-    """Advance the state by the S steps given, in sub-chunks of `sub_chunk` steps.
+    """Advance the state by the S steps given, in sub-chunks of `sub_chunk` steps (None:
+    the run's sub_chunk kernel parameter, kernels.registry).
 
     mlstm_block's signature and contract (shapes, fp32 state, h in v's dtype).
     method: 'fp32' (torch, fp32 matmuls), 'split' (torch, three-term bf16 tensor-core
@@ -404,7 +410,7 @@ def compiled_chunkwise():
     writes into preallocated buffers, stay eager."""
     prepare = torch.compile(_prepare, dynamic=False, fullgraph=True)
 
-    def run(q, k, v, i, f, state=None, *, sub_chunk: int = SUB_CHUNK, method: str | None = None):
+    def run(q, k, v, i, f, state=None, *, sub_chunk: int | None = None, method: str | None = None):
         return _run(prepare, q, k, v, i, f, state, sub_chunk, method)
 
     return run

@@ -123,13 +123,57 @@ def get_kernel(family: str, name: str) -> KernelSpec:
         raise ValueError(f"unknown {family} kernel {name!r}; valid: {', '.join(kernel_names(family))}") from None
 
 
+def kernel_params() -> dict[str, Param]:
+    """Every declared kernel parameter by name (a name means the same values in every
+    kernel that declares it): the kernel knobs a study may search."""
+    found: dict[str, Param] = {}
+    for spec in _SPECS:
+        for p in spec.params:
+            if found.setdefault(p.name, p) != p:
+                raise AssertionError(f"kernel parameter {p.name} is declared with two value lists")
+    return found
+
+
+def why_params_invalid(params: dict, shape: dict) -> str | None:
+    """Why a setting of kernel parameters can never run on `shape` (dhqk; seq_len, the
+    longest window), or None. Checked per parameter against every kernel declaring it:
+    a value is impossible when no kernel that takes it can run it."""
+    declared = kernel_params()
+    for key, value in params.items():
+        if key not in declared:
+            return f"unknown kernel parameter {key!r}; kernel parameters: {', '.join(declared)}"
+        if value not in declared[key].values:
+            return f"kernel parameter {key} must be one of {list(declared[key].values)}, got {value!r}"
+    for key, value in params.items():
+        owners = [s for s in _SPECS if any(p.name == key for p in s.params)]
+        reasons = [s.why_invalid({k: v for k, v in params.items() if k in {p.name for p in s.params}}, shape)
+                   for s in owners]
+        if all(reasons):
+            return reasons[0]
+    return None
+
+
+def reaches_work(params: dict, window: int) -> bool:
+    """Whether the prefill parameters change the work of a kernel call of `window` steps:
+    a window under MIN_SUB_CHUNKS sub-chunks runs through mlstm_block, whatever the sub-chunk."""
+    return "sub_chunk" not in params or window >= MIN_SUB_CHUNKS * params["sub_chunk"]
+
+
 @dataclass
 class KernelRun:
-    """The kernels of one run: failures (skipped from then on), what ran, fallbacks."""
+    """The kernels of one run: the parameters asked for (declared defaults otherwise),
+    failures (skipped from then on), what ran, fallbacks."""
 
+    params: dict[str, object] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     ran: dict[str, dict] = field(default_factory=dict)
     fallbacks: list[dict] = field(default_factory=list)
+
+    def param(self, name: str):
+        """The value this run uses for kernel parameter `name`: asked for, else declared default."""
+        if name in self.params:
+            return self.params[name]
+        return kernel_params()[name].default
 
     def usable(self, name: str) -> bool:
         return name not in self.failed
@@ -158,9 +202,10 @@ class KernelRun:
         entry["last"] = name
 
     def what_ran(self) -> dict:
-        """{family: {"kernels": {name: params}, "last": name}, ..., "fallback": "<why>" | None,
-        "fallbacks": [...]}: the section a benchmark result carries."""
+        """{family: {"kernels": {name: params}, "last": name}, ..., "params": {the run's kernel
+        parameters}, "fallback": "<why>" | None, "fallbacks": [...]}: the section a benchmark result carries."""
         out = {family: {"kernels": dict(v["kernels"]), "last": v["last"]} for family, v in self.ran.items()}
+        out["params"] = {name: self.param(name) for name in kernel_params()}
         out["fallbacks"] = list(self.fallbacks)
         out["fallback"] = "; ".join(f"{f['kernel']} -> {f['instead']}: {f['why']}" for f in self.fallbacks) or None
         return out

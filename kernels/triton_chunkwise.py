@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.registry import DEFAULT_OUTPUT_WARPS
+from kernels.registry import current_run
 
 
 @triton.jit
@@ -132,9 +132,9 @@ def _chunk_outputs_kernel(q_ptr, k_ptr, v_ptr, flog_ptr, i_ptr, b_ptr, mstart_pt
 
 
 _HALF = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-# Warps of the output kernel. Its (sub-chunk x sub-chunk) tiles fill the registers: at
-# sub-chunk 128, 8 warps use 255 registers a thread and spill; 16 warps use 128.
-OUTPUT_WARPS = DEFAULT_OUTPUT_WARPS
+# Warps of the output kernel: the run's output_warps (kernels.registry). Its (sub-chunk x
+# sub-chunk) tiles fill the registers: at sub-chunk 128, 8 warps use 255 registers a
+# thread and spill; 16 warps use 128.
 
 
 def _tile(dim: int, cap: int) -> int:
@@ -163,7 +163,7 @@ def chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h, eps: float) -
     grid = (K * B * NH, triton.cdiv(DV, bv))
     _chunk_outputs_kernel[grid](q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h, B * NH, NH, DK, DV, DVA,
                                 h.stride(0), h.stride(1), h.stride(2), DK**-0.5, eps,
-                                C=C, BDK=bdk, BV=bv, HALF=_HALF[q_m.dtype], num_warps=OUTPUT_WARPS, num_stages=2)
+                                C=C, BDK=bdk, BV=bv, HALF=_HALF[q_m.dtype], num_warps=current_run().param("output_warps"), num_stages=2)
 
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sub_chunk: int) -> bool:

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from kernels.torch_ops import TorchOps
 from kernels.mlstm import EPS
-from kernels.registry import DEFAULT_ROWS_MAX_K, DEFAULT_STEP_TILE, current_run
+from kernels.registry import current_run
 
 
 @triton.jit
@@ -240,8 +240,8 @@ def _gemv_rows_kernel(x_ptr, w_ptr, out_ptr, bias_ptr, res_ptr, p1_ptr, p2_ptr, 
         tl.store(out_ptr + rows, acc.to(out_ptr.dtype.element_ty), mask=rmask)
 
 
-# The persistent form holds the whole input in registers: used up to this width.
-ROWS_MAX_K = DEFAULT_ROWS_MAX_K
+# The persistent form holds the whole input in registers: used up to the width of the
+# run's rows_max_k (kernels.registry, default DEFAULT_ROWS_MAX_K).
 # (BLOCK_N, warps, stages, programs per SM)
 ROWS_TILES = [(2, 4, 3, 4), (1, 4, 4, 4), (4, 8, 3, 2), (2, 8, 4, 2), (1, 4, 3, 8), (4, 4, 2, 4)]
 _SM_COUNT: dict = {}
@@ -299,7 +299,7 @@ def gemv(x, weight, *, prologue=PRO_NONE, bias=None, residual=None, p1=None, p2=
     flags = dict(PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RES=residual is not None,
                  SOFT_CAP=soft_cap is not None, DH=head_dim)
 
-    if triton.next_power_of_2(K) <= ROWS_MAX_K and (prologue != PRO_HEAD_NORM or K == triton.next_power_of_2(K)):
+    if triton.next_power_of_2(K) <= current_run().param("rows_max_k") and (prologue != PRO_HEAD_NORM or K == triton.next_power_of_2(K)):
         sms = _sm_count(weight.device)
 
         def rows_grid(meta):
@@ -356,9 +356,9 @@ def _warps(block: int) -> int:
     return 4 if block <= 1024 else 8 if block <= 4096 else 16
 
 
-# Elements of C one decode-step program updates (BLOCK_QK x BLOCK_V): smaller tiles give
-# more programs per head.
-STEP_TILE_ELEMS = DEFAULT_STEP_TILE
+# Elements of C one decode-step program updates (BLOCK_QK x BLOCK_V) are the run's
+# step_tile (kernels.registry, default DEFAULT_STEP_TILE): smaller tiles give more
+# programs per head.
 
 
 GEMV_KERNEL = "triton-gemv"
@@ -381,7 +381,8 @@ class TritonOps(TorchOps):
                 warnings.warn(f"fused GEMV kernels unavailable ({why}); using the composed ops",
                               RuntimeWarning, stacklevel=3)
             else:
-                kernels.record("ops", "triton", {"rows_max_k": ROWS_MAX_K, "step_tile": STEP_TILE_ELEMS})
+                kernels.record("ops", "triton", {"rows_max_k": kernels.param("rows_max_k"),
+                                                 "step_tile": kernels.param("step_tile")})
                 return out
         return fallback()
 
@@ -477,7 +478,7 @@ class TritonOps(TorchOps):
             if t.stride(-1) != 1:
                 raise ValueError(f"mlstm_step_into needs a unit last stride for {name}")
         block_qk = triton.next_power_of_2(DHQK)
-        block_v = min(triton.next_power_of_2(DHV), max(16, STEP_TILE_ELEMS // block_qk))
+        block_v = min(triton.next_power_of_2(DHV), max(16, current_run().param("step_tile") // block_qk))
         grid = (B * nh, triton.cdiv(DHV, block_v))
         _mlstm_step_kernel[grid](
             q, k, v, i_pre, f_pre, C, n_in, m_in, n_out, m_out, h_out, nh,

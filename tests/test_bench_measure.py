@@ -52,7 +52,8 @@ def test_result_schema_from_the_process():
     result = json.loads(line)
     assert result["schema_version"] == SCHEMA_VERSION == 1
     assert result["status"] == "ok" and "error" not in result
-    assert set(result) == {"schema_version", "status", "metrics", "counters", "timings", "env", "config"}
+    assert set(result) == {"schema_version", "status", "metrics", "counters", "timings", "env", "config",
+                           "kernels"}
 
     metrics = result["metrics"]
     for name in SUMMARY_METRICS:
@@ -77,7 +78,11 @@ def test_result_schema_from_the_process():
     assert env["device"] == "cpu" and env["device_name"] and env["os"] and env["torch"]
     assert env["project_version"] and "git_commit" in env
     assert result["config"] == {**config, "dtype": "float32", "batch": 1, "seed": 0,
-                                "time_limit_s": 600.0, "compile": False}
+                                "time_limit_s": 600.0, "compile": False, "kernel": {}}
+    kernels = result["kernels"]  # T_inner 4: every window runs through mlstm_block
+    assert kernels["prefill_cell"] == {"kernels": {"block": {}}, "last": "block"}
+    assert kernels["fallback"] is None and kernels["fallbacks"] == []
+    assert kernels["params"]["sub_chunk"] == 128
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,10 @@ def answer(cfg):
         s = sorted(base * speed * (1 + 0.02 * rng.random()) for _ in range(cfg["repeats"]))
         return {"samples": s, "median": s[len(s) // 2], "iqr": s[-1] - s[0]}
     recall = 0.2 if env("FAKE_LOW_RECALL_WORKERS") and cfg["workers"] == int(env("FAKE_LOW_RECALL_WORKERS")) else 1.0
-    print(json.dumps({
+    fell_back = env("FAKE_FALLBACK_T_INNER") and cfg["T_inner"] == int(env("FAKE_FALLBACK_T_INNER"))
+    kernels = {"prefill_cell": {"kernels": {"block": {}}, "last": "block"},
+               "fallback": "chunkwise--triton -> chunkwise--fp32: forced" if fell_back else None}
+    print(json.dumps({"kernels": kernels,
         "schema_version": 1, "status": "ok", "config": cfg,
         "metrics": {"prefill_tok_s": metric(1000.0), "decode_tok_s": metric(50.0), "ttft_ms": metric(2.0),
                     "peak_mem_bytes": 0, "state_bytes": 0, "recall": recall, "mqar_pairs": 8, "max_drift": 0.0},
@@ -273,6 +276,20 @@ def test_failures_become_fail_trials_with_their_kind(tmp_path, fake_bench, monke
         assert "stderr_tail" in t.user_attrs and t.value is None
     assert all(t.params["T_inner"] != 8 and t.params["heads_per_band"] != 2
                for t in trials if t.state == TrialState.COMPLETE)
+
+
+def test_a_trial_on_a_kernel_fallback_fails_with_its_kind_and_keeps_what_ran(tmp_path, fake_bench, monkeypatch):
+    monkeypatch.setenv("FAKE_FALLBACK_T_INNER", "8")
+    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=12)) == 0
+    trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
+    fell_back = [t for t in trials if t.params["T_inner"] == 8]
+    assert fell_back, "the seeded search should hit T_inner=8"
+    for t in fell_back:
+        assert t.state == TrialState.FAIL and t.user_attrs["error_kind"] == "kernel_fallback"
+        assert t.user_attrs["error_message"] == "a kernel fell back: chunkwise--triton -> chunkwise--fp32: forced"
+        assert t.user_attrs["kernels"]["fallback"] and t.user_attrs["metrics"]["prefill_tok_s"]["median"] > 0
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert done and all(t.user_attrs["kernels"]["fallback"] is None for t in done)
 
 
 def test_recall_below_the_floor_is_a_violated_constraint(tmp_path, fake_bench, monkeypatch):

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from autotune.bench.errors import InvalidConfig
@@ -43,6 +43,8 @@ class BenchRequest:
     seed: int = WorkloadSpec.seed
     time_limit_s: float = 600.0
     compile: bool = ModelSpec.compile  # torch.compile the T_inner kernel (compile time is warm-up)
+    # kernel parameters (kernels.registry, e.g. {"sub_chunk": 64}); absent ones take their defaults
+    kernel: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -90,6 +92,7 @@ class BenchRequest:
         compile_ = values.get("compile", cls.compile)
         if not isinstance(compile_, bool):
             raise InvalidConfig("compile", f"must be true or false, got {compile_!r}")
+        kernel = _kernel_params(values.get("kernel", {}), shape)
 
         return cls(
             shape=shape,
@@ -107,6 +110,7 @@ class BenchRequest:
             seed=_int(values, "seed", cls.seed, minimum=0),
             time_limit_s=float(time_limit_s),
             compile=compile_,
+            kernel=kernel,
         )
 
     @classmethod
@@ -147,6 +151,22 @@ def _num_heads(shape: str) -> int:
     from kernels.model import get_config
 
     return int(get_config(shape).num_heads)
+
+
+def _kernel_params(value: Any, shape: str) -> dict[str, Any]:
+    """The kernel parameters, checked against the registry's declared values and the
+    constraints that hold whatever the window (the model's head size)."""
+    from kernels.model import get_config
+    from kernels.registry import why_params_invalid
+
+    if not isinstance(value, dict):
+        raise InvalidConfig("kernel", f"must be an object of kernel parameters, e.g. {{\"sub_chunk\": 64}}, got {value!r}")
+    params = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in value.items()}
+    config = get_config(shape)
+    problem = why_params_invalid(params, {"dhqk": config.qk_dim // config.num_heads})
+    if problem:
+        raise InvalidConfig("kernel", problem)
+    return params
 
 
 def _check_plan(num_heads: int, context: int, knobs: dict[str, int]) -> None:

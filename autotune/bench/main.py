@@ -59,7 +59,8 @@ class Progress:
                 log.warning("cleanup failed: %s", exc)
 
 
-def error_result(kind: str, message: str, config: BenchRequest | None, progress: Progress) -> dict:
+def error_result(kind: str, message: str, config: BenchRequest | None, progress: Progress,
+                 kernels: dict | None = None) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "error",
@@ -68,6 +69,7 @@ def error_result(kind: str, message: str, config: BenchRequest | None, progress:
         # elapsed_s: when the run ended, by its own clock (its time limit counts from the same start)
         "timings": {**progress.timings, "elapsed_s": round(time.perf_counter() - progress.started, 3)},
         "env": _env_or_none(progress.device),
+        "kernels": kernels,  # what ran before the failure (kernels.registry.what_ran), if anything
     }
 
 
@@ -98,7 +100,9 @@ def read_config_text(arg: str | None, stdin: IO[str] | None) -> str:
 class Watchdog:
     """Emits the timeout result and ends the process when the time limit passes."""
 
-    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchRequest, progress: Progress):
+    def __init__(self, limit_s: float, channel: ResultChannel, config: BenchRequest, progress: Progress,
+                 kernels=None):
+        self._kernels = kernels  # the request's KernelRun: what ran until the limit
         self._limit_s = limit_s
         self._channel = channel
         self._config = config
@@ -119,7 +123,8 @@ class Watchdog:
             f"the run exceeded time_limit_s={self._limit_s:g} during {self._progress.phase}; "
             "raise time_limit_s or lower context, new_tokens or repeats"
         )
-        emitted = self._channel.emit(error_result(TIMEOUT, message, self._config, self._progress))
+        kernels = self._kernels.what_ran() if self._kernels is not None else None
+        emitted = self._channel.emit(error_result(TIMEOUT, message, self._config, self._progress, kernels))
         if emitted:
             code = EXIT_CODES[TIMEOUT]
             log.error("%s", message)
@@ -139,17 +144,24 @@ def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache
     """Measure the config in `text`; emit exactly one result on `channel`; return the exit code.
     cache: what a warm worker keeps between measurements (autotune.bench.measure.WarmCache)."""
     from autotune.bench.measure import measure
+    from kernels.registry import KernelRun, use_run
 
     progress = Progress()
     config = None
     dog = None
+    # The kernels of this request alone: a fallback in one measurement of a warm worker
+    # never carries over to the next.
+    kernels = None
     try:
         config = BenchRequest.from_json(text)
+        kernels = KernelRun(params=dict(config.kernel))
         if watchdog:
-            dog = Watchdog(config.time_limit_s, channel, config, progress)
+            dog = Watchdog(config.time_limit_s, channel, config, progress, kernels)
             dog.start()
-        body = measure(config, progress, cache)
-        result = {"schema_version": SCHEMA_VERSION, "status": "ok", **body, "config": config.to_dict()}
+        with use_run(kernels):
+            body = measure(config, progress, cache)
+        result = {"schema_version": SCHEMA_VERSION, "status": "ok", **body, "kernels": kernels.what_ran(),
+                  "config": config.to_dict()}
         progress.phase = "done"
         channel.emit(result)
         return 0
@@ -162,7 +174,8 @@ def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache
             log.error("benchmark failed (%s) during %s:\n%s", kind, progress.phase, traceback.format_exc())
         else:
             log.error("invalid config: %s", message)
-        channel.emit(error_result(kind, message, config, progress))
+        channel.emit(error_result(kind, message, config, progress,
+                                  kernels.what_ran() if kernels is not None else None))
         return EXIT_CODES[kind]
     finally:
         progress.cleanup()

@@ -15,6 +15,9 @@ from autotune.bench.errors import CRASH
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error")
+# A trial whose result says a kernel fell back: it measured other kernels than its config
+# names, so it fails with this kind (its metrics kept) instead of scoring that config.
+KERNEL_FALLBACK = "kernel_fallback"
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -32,11 +35,18 @@ class BenchResult:
     error_kind: str | None = None
     error_message: str | None = None
     error_phase: str | None = None
+    # the kernels and parameters that ran, any fallback (kernels.registry.what_ran)
+    kernels: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def fallback(self) -> str | None:
+        """Why a kernel fell back to another in this measurement, or None."""
+        return self.kernels.get("fallback") or None
 
     @classmethod
     def from_dict(cls, raw: Any) -> "BenchResult | None":
@@ -55,6 +65,7 @@ class BenchResult:
             error_kind=None if ok else str(error.get("kind") or CRASH),
             error_message=None if ok else str(error.get("message") or ""),
             error_phase=None if ok else error.get("phase"),
+            kernels=_mapping(raw.get("kernels")),
             raw=raw,
         )
 
