@@ -6,8 +6,12 @@ missing, corrupt or non-matching file never stops inference: it falls back to
 `builtin_default` with a `DefaultsWarning`.
 
     {"schema_version": 1, "entries": [{"shape", "device_kind", "backend", "dtype",
-      "table": [{"context": L, "config": {knobs}, "metrics": {...}, "trial": n,
-                 "study": name}, ...]}]}
+      "table": [{"context": L, "batch": B, "config": {knobs}, "kernel": {kernel parameters},
+                 "metrics": {...}, "trial": n, "study": name}, ...]}]}
+
+A row without "batch" is for batch 1; one without "kernel" runs the kernels' defaults.
+The runner takes the rows of its batch (the nearest batch the file has, as for contexts),
+then the row for its prompt length.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotune.names import KNOBS  # noqa: F401  (one source; re-exported)
+from autotune.names import KERNEL_KNOBS, KNOBS  # noqa: F401  (one source; re-exported)
 
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("studies/defaults.json")
@@ -41,9 +45,11 @@ class Choice:
     study: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     row_source: str | None = None  # the row's 'source': tuned, baseline or unconfirmed
+    kernel: dict[str, int] = field(default_factory=dict)  # kernel parameters; absent ones: defaults
+    batch: int | None = None  # the table row's batch (file only)
 
     def describe(self) -> str:
-        knobs = " ".join(f"{k}={self.config[k]}" for k in KNOBS)
+        knobs = " ".join([*(f"{k}={self.config[k]}" for k in KNOBS), *(f"{k}={v}" for k, v in self.kernel.items())])
         where = f"study {self.study}, trial {self.trial}"
         if self.source != "file":
             return f"{knobs} (built-in default)"
@@ -121,13 +127,33 @@ def _matches(entry: dict[str, Any], shape: str, device_kind: str, backend: str, 
     )
 
 
-def nearest_row(table: list[dict[str, Any]], prompt_len: int) -> dict[str, Any]:
-    """The row for the smallest context >= prompt_len, else the largest context."""
-    rows = sorted(table, key=lambda row: row["context"])
+def row_batch(row: dict[str, Any]) -> int:
+    """A table row's batch (rows written before batches were a dimension are batch 1)."""
+    batch = row.get("batch", 1)
+    return batch if isinstance(batch, int) and not isinstance(batch, bool) and batch >= 1 else 1
+
+
+def nearest_row(table: list[dict[str, Any]], prompt_len: int, batch: int = 1) -> dict[str, Any]:
+    """Among the rows of the smallest batch >= `batch` (else the largest batch), the row
+    for the smallest context >= prompt_len, else the largest context."""
+    batches = sorted({row_batch(row) for row in table})
+    chosen = next((b for b in batches if b >= batch), batches[-1])
+    rows = sorted((row for row in table if row_batch(row) == chosen), key=lambda row: row["context"])
     for row in rows:
         if row["context"] >= prompt_len:
             return row
     return rows[-1]
+
+
+def why_invalid_kernel(kernel: Any) -> str | None:
+    """Why a row's kernel parameters cannot run, or None (absent counts as the defaults)."""
+    if kernel is None:
+        return None
+    if not isinstance(kernel, dict):
+        return "kernel is not an object"
+    from kernels.registry import why_params_invalid  # deferred: reading a JSON file should not need torch
+
+    return why_params_invalid(kernel, {})
 
 
 def _num_heads(shape: str) -> int:
@@ -145,8 +171,9 @@ def pick_choice(
     *,
     dtype: str | None = None,
     num_heads: int | None = None,
+    batch: int = 1,
 ) -> Choice:
-    """Like `pick`, with the provenance of the config."""
+    """Like `pick`, with the provenance of the config and its kernel parameters."""
     if prompt_len < 1:
         raise ValueError(f"prompt_len must be >= 1 token, got {prompt_len}")
     if num_heads is None:
@@ -171,9 +198,9 @@ def pick_choice(
     rows = [r for r in table if isinstance(r, dict) and isinstance(r.get("context"), int)] if isinstance(table, list) else []
     if not rows:
         return fallback(f"{where}: the entry for {shape}/{device_kind}/{backend} has no table rows")
-    row = nearest_row(rows, prompt_len)
+    row = nearest_row(rows, prompt_len, batch)
     config = row.get("config")
-    problem = why_invalid_knobs(config, num_heads)
+    problem = why_invalid_knobs(config, num_heads) or why_invalid_kernel(row.get("kernel"))
     if problem:
         return fallback(f"{where}: the config for context {row['context']} is invalid ({problem})")
     return Choice(
@@ -184,6 +211,8 @@ def pick_choice(
         study=row.get("study"),
         metrics=row.get("metrics") or {},
         row_source=row.get("source"),
+        kernel=dict(row.get("kernel") or {}),
+        batch=row_batch(row),
     )
 
 
@@ -196,14 +225,15 @@ def pick(
     *,
     dtype: str | None = None,
     num_heads: int | None = None,
+    batch: int = 1,
 ) -> dict[str, int]:
     """The knob dict for a prompt of `prompt_len` tokens.
 
     The entry for (shape, device_kind, backend[, dtype]) in the defaults file at `path`
-    (default studies/defaults.json); its row with the smallest context >= prompt_len,
-    else its largest context. Falls back to `builtin_default` with a DefaultsWarning when
+    (default studies/defaults.json); among the rows of the nearest batch to `batch`, the
+    row with the smallest context >= prompt_len, else its largest context. Falls back to `builtin_default` with a DefaultsWarning when
     the file is missing, corrupt, has no such entry, or holds an invalid config.
     """
     return pick_choice(
-        shape, device_kind, backend, prompt_len, path, dtype=dtype, num_heads=num_heads
+        shape, device_kind, backend, prompt_len, path, dtype=dtype, num_heads=num_heads, batch=batch
     ).config

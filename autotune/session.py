@@ -19,7 +19,7 @@ from autotune import confirm as confirmation
 from autotune import records as R
 from autotune.errors import UserError
 from autotune.locks import NamedLocks
-from autotune.names import KNOBS
+from autotune.names import KERNEL_KNOBS, KNOBS
 from autotune.objective import Baseline
 from autotune.records import TrialRecord
 from autotune.spec import StudySpec
@@ -39,6 +39,7 @@ class StudySession:
         self.baseline_wall_s: float | None = None
         self.study: optuna.Study | None = None
         self.space = None
+        self.dhqk = 0  # the model's head size (a kernel constraint)
         self.sampler = None
         self.baseline_config: dict[str, Any] = {}
         self.lock_name = ""
@@ -70,6 +71,11 @@ class StudySession:
             knobs, source = builtin_default(num_heads, self.context), "built-in default"
         if len(self.spec.model.backends) > 1:
             knobs = {"backend": backend, **knobs}
+        if self.spec.kernel_space:  # the kernel parameters the runner uses today
+            from kernels.registry import kernel_params
+
+            kernel = {**{k: p.default for k, p in kernel_params().items()}, **choice.kernel}
+            knobs.update({k: kernel[k] for k in KERNEL_KNOBS if k in self.spec.kernel_space})
         return knobs, source
 
     def _space_values(self, baseline_cfg: dict[str, Any]) -> dict[str, list[Any]]:
@@ -80,13 +86,15 @@ class StudySession:
             values["backend"] = list(self.spec.model.backends)
         for knob in KNOBS:
             values[knob] = sorted(set(self.spec.space[knob]) | {baseline_cfg[knob]})
+        for knob, listed in self.spec.kernel_space.items():
+            values[knob] = sorted(set(listed) | {baseline_cfg[knob]})
         return values
 
     def _build_space(self, values: dict[str, list[Any]], num_heads: int):
         from autotune.space import SearchSpace, SpaceError
 
         try:
-            return SearchSpace(values, num_heads, self.context)
+            return SearchSpace(values, num_heads, self.context, dhqk=self.dhqk)
         except SpaceError as exc:
             raise UserError(f"{self.spec.path}: [space] gives no valid config at context {self.context}: {exc}") from None
 
@@ -96,7 +104,8 @@ class StudySession:
         from autotune.strategies import make_sampler
 
         spec = self.spec
-        num_heads = get_config(spec.model.shape).num_heads
+        config = get_config(spec.model.shape)
+        num_heads, self.dhqk = config.num_heads, config.qk_dim // config.num_heads
         baseline_cfg, source = self._runner_default(num_heads)
         values = self._space_values(baseline_cfg)
         self._build_space(values, num_heads)  # refuse a bad spec before creating anything

@@ -1,9 +1,10 @@
 """The search space: the valid configs, enumerated before any search.
 
 `DiscreteSpace` is a finite set of valid configs over knobs with ordered value lists;
-strategies only ever see this. `SearchSpace` builds one for the xLSTM scheduling knobs
-from value lists and the constraints the scheduler's plan imposes, so constraints are
-applied before search and never discovered by failing trials.
+strategies only ever see this. `SearchSpace` builds one for the xLSTM scheduling knobs,
+and any kernel knobs beside them, from value lists and the constraints the scheduler's
+plan and the kernel registry impose, so constraints are applied before search and never
+discovered by failing trials.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
+from autotune.names import BACKENDS, KERNEL_KNOBS, KNOBS
+
 # Canonical knob order: trials suggest knobs in this order; configs enumerate in it.
-KNOB_ORDER = ("backend", "workers", "heads_per_band", "chunk_size", "T_inner")
-INTEGER_KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
-REQUIRED_KNOBS = INTEGER_KNOBS
-BACKENDS = ("sequential", "queued", "ray")
+KNOB_ORDER = ("backend", *KNOBS, *KERNEL_KNOBS)
+INTEGER_KNOBS = (*KNOBS, *KERNEL_KNOBS)
+REQUIRED_KNOBS = KNOBS
 
 
 class SpaceError(ValueError):
@@ -189,19 +191,23 @@ class DiscreteSpace:
 class SearchSpace(DiscreteSpace):
     """The xLSTM scheduling knobs and the constraints the scheduler's plan imposes.
 
-    values: knob -> value list; knobs workers, heads_per_band, chunk_size, T_inner and
-    optionally backend. A config is valid when heads_per_band divides num_heads,
-    T_inner divides chunk_size, chunk_size <= context and workers <= num_heads /
-    heads_per_band (more workers than bands would idle).
+    values: knob -> value list; knobs workers, heads_per_band, chunk_size, T_inner,
+    optionally backend and kernel knobs (names.KERNEL_KNOBS). A config is valid when
+    heads_per_band divides num_heads, T_inner divides chunk_size, chunk_size <= context
+    and workers <= num_heads / heads_per_band (more workers than bands would idle). Its
+    kernel knobs must be declared values the registry admits for the head size `dhqk`;
+    and where a T_inner window takes the block kernel, only the defaults of the
+    sub-chunk knobs are enumerated (other values would measure the same work twice).
     """
 
-    def __init__(self, values: Mapping[str, Sequence[Any]], num_heads: int, context: int):
+    def __init__(self, values: Mapping[str, Sequence[Any]], num_heads: int, context: int, dhqk: int = 0):
         if not isinstance(num_heads, int) or num_heads < 1:
             raise SpaceError(f"num_heads must be a positive integer, got {num_heads!r}")
         if not isinstance(context, int) or context < 1:
             raise SpaceError(f"context must be a positive integer, got {context!r}")
         self.num_heads = num_heads
         self.context = context
+        self.dhqk = dhqk
         clean = _clean_values(values)
         product = (dict(zip(clean, combo)) for combo in itertools.product(*clean.values()))
         valid = [cfg for cfg in product if self._violated(cfg) is None]
@@ -224,6 +230,11 @@ class SearchSpace(DiscreteSpace):
         bands = self.num_heads // hpb
         if workers > bands:
             return f"workers={workers} exceeds the number of bands {bands} (num_heads / heads_per_band)"
+        kernel = {k: cfg[k] for k in KERNEL_KNOBS if k in cfg}
+        if kernel:
+            from kernels.registry import why_no_effect, why_params_invalid
+
+            return why_params_invalid(kernel, {"dhqk": self.dhqk}) or why_no_effect(kernel, t_inner)
         return None
 
     def why_invalid(self, cfg: Mapping[str, Any]) -> str | None:
@@ -238,7 +249,7 @@ def _divisors(n: int) -> list[int]:
 
 
 def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
-                      contexts: Sequence[int]) -> dict[str, tuple[list[int], str]]:
+                      contexts: Sequence[int], dhqk: int = 0) -> dict[str, tuple[list[int], str]]:
     """Knob values that no valid config can use at any of the contexts, whatever the
     other knobs, with the rule they break and the values that would work:
     {knob: (bad, explanation)}. (A `workers` value above the bands of every listed
@@ -249,7 +260,7 @@ def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
     """
     from autotune.defaults import builtin_default
 
-    found: dict[str, tuple[list[int], str]] = {}
+    found: dict[str, tuple[list[int], str]] = _impossible_kernel_values(values, dhqk, contexts)
     heads = _divisors(num_heads)
     bad = [v for v in values["heads_per_band"] if v not in heads]
     if bad:
@@ -267,6 +278,39 @@ def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
         fitting = sorted({d for c in chunks for d in _divisors(c)})
         found["T_inner"] = (bad, f"T_inner must divide a chunk_size ({', '.join(map(str, sorted(chunks)))}); "
                                  f"valid values: {', '.join(map(str, fitting))}")
+    return found
+
+
+def _impossible_kernel_values(values: Mapping[str, Sequence[int]], dhqk: int,
+                              contexts: Sequence[int]) -> dict[str, tuple[list[int], str]]:
+    """Kernel knob values the registry never admits for this head size, and sub-chunks
+    no window can reach (every listed T_inner and context under MIN_SUB_CHUNKS of them)."""
+    listed = [k for k in KERNEL_KNOBS if k in values]
+    if not listed:
+        return {}
+    from kernels.registry import MIN_SUB_CHUNKS, SUB_CHUNK_PARAMS, kernel_params, why_params_invalid
+
+    declared = kernel_params()
+    found = {}
+    for knob in listed:
+        bad = [v for v in values[knob] if why_params_invalid({knob: v}, {"dhqk": dhqk})]
+        if bad:
+            ok = [v for v in declared[knob].values if not why_params_invalid({knob: v}, {"dhqk": dhqk})]
+            found[knob] = (bad, f"{why_params_invalid({knob: bad[0]}, {'dhqk': dhqk})}; "
+                                f"valid values: {', '.join(map(str, ok))}")
+    # The sub-chunk knobs change the work only in windows of MIN_SUB_CHUNKS sub-chunks.
+    longest = min(max(values.get("T_inner", [0])), max(contexts))
+    smallest = min(values.get("sub_chunk", [declared["sub_chunk"].default]))
+    for knob in SUB_CHUNK_PARAMS:
+        if knob in listed and knob not in found:
+            reach = (lambda v: MIN_SUB_CHUNKS * v <= longest) if knob == "sub_chunk" else \
+                (lambda v: v == declared[knob].default or MIN_SUB_CHUNKS * smallest <= longest)
+            bad = [v for v in values[knob] if not reach(v)]
+            if bad:
+                found[knob] = (bad, f"it changes the work only in windows of {MIN_SUB_CHUNKS} sub-chunks "
+                                    f"({MIN_SUB_CHUNKS} x sub_chunk <= T_inner), and the longest window is {longest} "
+                                    f"steps; list a T_inner of at least "
+                                    f"{MIN_SUB_CHUNKS * (min(bad) if knob == 'sub_chunk' else smallest)}")
     return found
 
 

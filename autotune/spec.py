@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
-from autotune.names import BACKENDS, DTYPES, KNOBS  # noqa: F401  (one source, re-exported)
+from autotune.names import BACKENDS, DTYPES, KERNEL_KNOBS, KNOBS  # noqa: F401  (one source, re-exported)
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 PROCESSES = ("warm", "fresh")  # [trials] process: what measures the trials
@@ -96,6 +96,8 @@ class StudySpec:
     confirmation: ConfirmationSpec = field(default_factory=ConfirmationSpec)
     storage: str = DEFAULT_STORAGE
     path: str = "<spec>"
+    # [space.kernel]: kernel knob -> value list (kernels.registry); empty: the kernels' defaults
+    kernel_space: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored on each study as user attr 'spec')."""
@@ -107,12 +109,15 @@ class StudySpec:
         """What must not change while a study is resumed: anything that changes what a
         measurement or a score means. Budget, strategy, limits and storage may change."""
         data = self.to_dict()
-        return {
+        identity = {
             "model": {k: data["model"][k] for k in ("shape", "dtype", "compile")},
             "workload": {k: v for k, v in data["workload"].items() if k != "contexts"},
             "space": data["space"],
             "objective": data["objective"],
         }
+        if self.kernel_space:  # absent when empty: studies of specs without kernel knobs keep their identity
+            identity["kernel_space"] = data["kernel_space"]
+        return identity
 
 
 def _jsonable(value: Any) -> Any:
@@ -276,9 +281,12 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
         seed=w.integer("seed", 0, minimum=0),
     )
 
-    s = _Reader(path, "space", doc.get("space", {}), KNOBS)
+    s = _Reader(path, "space", doc.get("space", {}), (*KNOBS, "kernel"))
     space = {knob: s.int_list(knob, tuple(DEFAULT_SPACE[knob])) for knob in KNOBS}
     _check_space(s, space, shape, workload.contexts)
+    k = _Reader(path, "space.kernel", s.table.get("kernel", {}), KERNEL_KNOBS)
+    kernel_space = {knob: k.int_list(knob, None) for knob in KERNEL_KNOBS if k.has(knob)}
+    _check_space(k, {**space, **kernel_space}, shape, workload.contexts)
 
     o = _Reader(path, "objective", doc.get("objective", {}), ("w_decode", "w_prefill", "w_recall", "recall_floor"))
     objective = ObjectiveSpec(
@@ -323,7 +331,7 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
         alpha=c.number("alpha", 0.05, minimum=0.0, maximum=0.5, exclusive_min=True),
         processes=processes,
     )
-    return StudySpec(model, workload, space, objective, search, trials, confirmation, storage, path)
+    return StudySpec(model, workload, space, objective, search, trials, confirmation, storage, path, kernel_space)
 
 
 def _check_shape(shape: str, reader: _Reader) -> None:
@@ -339,7 +347,9 @@ def _check_space(reader: _Reader, space: dict[str, tuple[int, ...]], shape: str,
     from autotune.space import impossible_values
     from kernels.model import SHAPES
 
-    for knob, (bad, rule) in impossible_values(space, SHAPES[shape].num_heads, contexts).items():
+    config = SHAPES[shape]
+    for knob, (bad, rule) in impossible_values(space, config.num_heads, contexts,
+                                               config.qk_dim // config.num_heads).items():
         if reader.has(knob):
             values = ", ".join(map(str, bad))
             raise reader.fail(knob, f"{values} can never run for shape {shape!r} at contexts "

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from autotune.bench.config import BenchRequest
 from autotune.bench.result import BenchResult, parse_stdout
 from autotune.bench.tuner_watch import TunerIdentity
-from autotune.names import KNOBS
+from autotune.names import KERNEL_KNOBS, KNOBS
 
 BENCH_COMMAND = (sys.executable, "-m", "autotune.bench")
 STDERR_TAIL_CHARS = 4000
@@ -38,8 +38,8 @@ def time_limit_for(timeout_s: float) -> float:
 
 def bench_request(spec, *, device: str, context: int, params: dict[str, Any], repeats: int,
                   timeout_s: float) -> BenchRequest:
-    """The benchmark request for one measurement of `params` (the knobs, and `backend`
-    where the spec lists several) under a study spec."""
+    """The benchmark request for one measurement of `params` (the knobs, any kernel
+    knobs, and `backend` where the spec lists several) under a study spec."""
     return BenchRequest(
         shape=spec.model.shape,
         dtype=spec.model.dtype,
@@ -53,6 +53,7 @@ def bench_request(spec, *, device: str, context: int, params: dict[str, Any], re
         seed=spec.workload.seed,
         time_limit_s=time_limit_for(timeout_s),
         compile=spec.model.compile,
+        kernel={k: params[k] for k in KERNEL_KNOBS if k in params},
     )
 
 

@@ -153,10 +153,21 @@ def why_params_invalid(params: dict, shape: dict) -> str | None:
     return None
 
 
-def reaches_work(params: dict, window: int) -> bool:
-    """Whether the prefill parameters change the work of a kernel call of `window` steps:
-    a window under MIN_SUB_CHUNKS sub-chunks runs through mlstm_block, whatever the sub-chunk."""
-    return "sub_chunk" not in params or window >= MIN_SUB_CHUNKS * params["sub_chunk"]
+# Parameters of the sub-chunked prefill: they change nothing where a window takes mlstm_block.
+SUB_CHUNK_PARAMS = ("sub_chunk", "output_warps")
+
+
+def why_no_effect(params: dict, window: int) -> str | None:
+    """Why the sub-chunk parameters in `params` (those not at their defaults) cannot change
+    the work of kernel calls of `window` steps, or None: a window under MIN_SUB_CHUNKS
+    sub-chunks runs through mlstm_block whatever they are."""
+    declared = kernel_params()
+    sub_chunk = params.get("sub_chunk", declared["sub_chunk"].default)
+    moved = [k for k in SUB_CHUNK_PARAMS if k in params and params[k] != declared[k].default]
+    if moved and window < MIN_SUB_CHUNKS * sub_chunk:
+        return (f"windows of {window} steps run through the block kernel (under {MIN_SUB_CHUNKS} sub-chunks of "
+                f"{sub_chunk}): {', '.join(f'{k}={params[k]}' for k in moved)} would change nothing")
+    return None
 
 
 @dataclass

@@ -292,6 +292,18 @@ def test_a_trial_on_a_kernel_fallback_fails_with_its_kind_and_keeps_what_ran(tmp
     assert done and all(t.user_attrs["kernels"]["fallback"] is None for t in done)
 
 
+def test_kernel_knobs_are_searched_with_the_knobs_and_reach_the_benchmark(tmp_path, fake_bench):
+    spec = _spec(tmp_path, extra="[space.kernel]\nrows_max_k = [4096, 8192]\n")
+    assert tune(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
+    study = _study(tmp_path, "tiny/cpu/queued/L64")
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert study.user_attrs["space"]["rows_max_k"] == [4096, 8192]
+    assert trials[0].params["rows_max_k"] == 4096  # the baseline: the kernels' default
+    assert {t.params["rows_max_k"] for t in trials} == {4096, 8192}
+    for t in trials:  # the benchmark got the trial's value (the fake echoes its request)
+        assert t.user_attrs["config"]["kernel"] == {"rows_max_k": t.params["rows_max_k"]}
+
+
 def test_recall_below_the_floor_is_a_violated_constraint(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_LOW_RECALL_WORKERS", "4")
     spec = _spec(tmp_path, floor=0.5)
