@@ -104,18 +104,24 @@ def _parse_contexts(text: str) -> list[int]:
     return values
 
 
-def _parse_knobs(text: str, what: str, num_heads: int) -> dict[str, int]:
-    from autotune.defaults import why_invalid_knobs
+def _parse_config(text: str, what: str, num_heads: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(knobs, kernel parameters) of a JSON config; kernel parameters under "kernel"."""
+    from autotune.defaults import why_invalid_kernel, why_invalid_knobs
 
     try:
         knobs = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{what} is not JSON ({exc}); give e.g. "
-                        '\'{"workers": 1, "heads_per_band": 8, "chunk_size": 2048, "T_inner": 2048}\'') from None
-    problem = why_invalid_knobs(knobs, num_heads)
+                        '\'{"workers": 1, "heads_per_band": 8, "chunk_size": 2048, "T_inner": 2048, '
+                        '"kernel": {"sub_chunk": 128}}\'') from None
+    problem = why_invalid_knobs(knobs, num_heads) or why_invalid_kernel(knobs.get("kernel"))
     if problem:
         raise UserError(f"{what}: {problem}")
-    return {k: knobs[k] for k in KNOBS}
+    return {k: knobs[k] for k in KNOBS}, dict(knobs.get("kernel") or {})
+
+
+def _parse_knobs(text: str, what: str, num_heads: int) -> dict[str, int]:
+    return _parse_config(text, what, num_heads)[0]
 
 
 def _progress(text: str) -> None:
@@ -189,14 +195,15 @@ def _versions() -> dict:
     return out
 
 
-def _knobs_for(args, num_heads: int, context: int, defaults_device: str) -> tuple[dict, str]:
+def _knobs_for(args, num_heads: int, context: int, defaults_device: str, batch: int = 1) -> tuple[dict, dict, str]:
+    """(knobs, kernel parameters, where from) for a prompt of `context` tokens at `batch`."""
     if args.config:
-        return _parse_knobs(args.config, "--config", num_heads), "--config"
+        return (*_parse_config(args.config, "--config", num_heads), "--config")
     from autotune.defaults import pick_choice
 
     choice = pick_choice(args.shape, defaults_device, args.backend, context, args.defaults,
-                         dtype="bfloat16", num_heads=num_heads)
-    return dict(choice.config), choice.describe()
+                         dtype="bfloat16", num_heads=num_heads, batch=batch)
+    return dict(choice.config), dict(choice.kernel), choice.describe()
 
 
 def _ratio(ours: float | None, official: float | None) -> float | None:
@@ -270,7 +277,7 @@ def run(args) -> int:
 
     # -- ours
     from kernels.fastpath import FastModel
-    from kernels.registry import what_ran
+    from kernels.registry import KernelRun, use_run, what_ran
 
     _progress(f"ours: building {args.shape} (bf16, random weights) on {result['gpu']}")
     model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=args.seed)
@@ -279,25 +286,32 @@ def run(args) -> int:
     result["decode_weight_bytes"] = weight_bytes_read_per_step(model)
     result["state_bytes_per_sequence"] = state_bytes_per_sequence(config)
     for L in contexts:
-        knobs, source = _knobs_for(args, config.num_heads, L, device.type)
-        result["ours"]["configs"][str(L)] = {"knobs": knobs, "source": source}
-        _progress(f"ours: prefill L={L} with {knobs} ({args.backend})")
-        result["ours"]["prefill"][str(L)] = measure_ours_prefill(fast, knobs, args.backend, L, args.repeats, args.seed)
+        knobs, kernel, source = _knobs_for(args, config.num_heads, L, device.type)
+        entry = result["ours"]["configs"][str(L)] = {"knobs": knobs, "kernel": kernel, "source": source}
+        _progress(f"ours: prefill L={L} with {knobs} {kernel} ({args.backend})")
+        with use_run(KernelRun(params=kernel)) as run:  # the config's kernel parameters, on record
+            result["ours"]["prefill"][str(L)] = measure_ours_prefill(fast, knobs, args.backend, L, args.repeats,
+                                                                     args.seed)
+        entry["kernels"] = run.what_ran()
         checkpoint()
     if args.decode_config:
-        dknobs, dsource = _parse_knobs(args.decode_config, "--decode-config", config.num_heads), "--decode-config"
+        dknobs, dkernel = _parse_config(args.decode_config, "--decode-config", config.num_heads)
+        dsource = "--decode-config"
     else:
-        dknobs, dsource = _knobs_for(args, config.num_heads, args.decode_prompt, device.type)
-    result["ours"]["configs"]["decode"] = {"knobs": dknobs, "source": dsource}
+        dknobs, dkernel, dsource = _knobs_for(args, config.num_heads, args.decode_prompt, device.type)
+    result["ours"]["configs"]["decode"] = {"knobs": dknobs, "kernel": dkernel, "source": dsource}
     for batch in args.decode_batches:
-        _progress(f"ours: decode {args.new_tokens} tokens, batch {batch}, with {dknobs}")
-        result["ours"]["decode_batches"][str(batch)] = measure_ours_decode(
-            fast, dknobs, batch=batch, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
-            repeats=args.repeats, seed=args.seed, graphs=not args.no_graphs)
+        _progress(f"ours: decode {args.new_tokens} tokens, batch {batch}, with {dknobs} {dkernel}")
+        with use_run(KernelRun(params=dkernel)) as run:
+            result["ours"]["decode_batches"][str(batch)] = measure_ours_decode(
+                fast, dknobs, batch=batch, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
+                repeats=args.repeats, seed=args.seed, graphs=not args.no_graphs)
+        result["ours"]["decode_batches"][str(batch)]["kernels"] = run.what_ran()
         checkpoint()
     if "1" in result["ours"]["decode_batches"]:
         result["ours"]["decode"] = result["ours"]["decode_batches"]["1"]
-    result["ours"]["kernels"] = what_ran()  # the kernels and parameters that ran, any fallback
+    # what ran outside the measurements (the op set chosen when the fused model was built)
+    result["ours"]["kernels"] = what_ran()
     del fast, model
     free()
 

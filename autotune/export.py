@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.names import KERNEL_KNOBS
 from autotune.views import (
     KNOBS,
     StudyView,
@@ -96,7 +97,8 @@ def export_choice(view: StudyView) -> tuple[Any, str]:
 
 def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(the defaults document, notes for the user) from the studies."""
-    entries: dict[tuple[str, str, str, str], dict[int, dict[str, Any]]] = {}
+    # (shape, device_kind, backend, dtype) -> (batch, context) -> row
+    entries: dict[tuple[str, str, str, str], dict[tuple[int, int], dict[str, Any]]] = {}
     notes = []
     for view in views:
         decision = decide(view, allow_unconfirmed=allow_unconfirmed)
@@ -116,6 +118,11 @@ def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -
             "strategy": trial.user_attrs.get("strategy"),
             "source": decision.source,
         }
+        if view.key.batch != 1:  # rows without a batch are batch 1 (autotune/defaults.py)
+            row["batch"] = view.key.batch
+        kernel = {k: trial.params[k] for k in KERNEL_KNOBS if k in trial.params}
+        if kernel:  # studies without kernel knobs ran the kernels' defaults: no "kernel" key
+            row["kernel"] = kernel
         if len(row["config"]) != len(KNOBS):
             notes.append(f"{view.name}: trial #{trial.number} lacks knobs {sorted(set(KNOBS) - set(row['config']))}; no row")
             continue
@@ -124,10 +131,10 @@ def build_defaults(views: list[StudyView], *, allow_unconfirmed: bool = False) -
         elif decision.source != "tuned":
             notes.append(f"{view.name}: {plain_verdict(view.user_attrs.get('confirmation'))}")
         table = entries.setdefault((view.key.shape, view.key.device_kind, backend, view.dtype), {})
-        previous = table.get(view.key.context)
+        previous = table.get((view.key.batch, view.key.context))
         # Two studies (e.g. 'queued' and 'queued+ray') can cover one context: keep the higher score.
         if previous is None or (row["score"] or 0.0) > (previous["score"] or 0.0):
-            table[view.key.context] = row
+            table[(view.key.batch, view.key.context)] = row
     document = {
         "schema_version": SCHEMA_VERSION,
         "entries": [
@@ -207,9 +214,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {plural(len(document['entries']), 'entry', 'entries')}, {plural(rows, 'context row')}")
     for entry in fresh["entries"]:
         for row in entry["table"]:
-            knobs = " ".join(f"{k}={row['config'][k]}" for k in KNOBS)
+            knobs = " ".join([*(f"{k}={row['config'][k]}" for k in KNOBS),
+                              *(f"{k}={v}" for k, v in row.get("kernel", {}).items())])
             print(f"  {entry['shape']}/{entry['device_kind']}/{entry['backend']}/{entry['dtype']} "
-                  f"L{row['context']}: {knobs} ({row['source']}, trial #{row['trial']})")
+                  f"L{row['context']}{'' if row.get('batch', 1) == 1 else ' B' + str(row['batch'])}: {knobs} "
+                  f"({row['source']}, trial #{row['trial']})")
     for note in notes:
         print(f"note: {note}")
     return 0

@@ -6,9 +6,11 @@
         print(runner.choice.describe())          # the knobs picked for 2048-token prompts
         result = runner.generate(prompt_ids, new_tokens=64)
 
-The knobs come from `autotune.defaults.pick_choice` (studies/defaults.json, written by
-`autotune export`): the row tuned for the smallest context >= prompt_len on this device
-kind and backend, or the built-in default with a DefaultsWarning when there is none.
+The knobs and kernel parameters come from `autotune.defaults.pick_choice`
+(studies/defaults.json, written by `autotune export`): the row tuned for the batch and
+the smallest context >= prompt_len on this device kind and backend, or the built-in
+default with a DefaultsWarning when there is none. The kernels run with the row's kernel
+parameters (a KernelRun owned by the runner); `runner.kernels.what_ran()` says which ran.
 There is no tokenizer: prompts are token ids (byte values for the byte-level shapes).
 """
 
@@ -54,6 +56,9 @@ class Runner:
     A context manager: leaving it closes the scheduler (threads, Ray actors)."""
 
     def __init__(self, model, scheduler, choice: Choice, *, shape: str, backend: str, weights: str):
+        from kernels.registry import KernelRun
+
+        self.kernels = KernelRun(params=dict(choice.kernel))  # the kernel parameters the runner applies
         self.model = model
         self.scheduler = scheduler
         self.choice = choice
@@ -90,12 +95,19 @@ class Runner:
 
     # no_grad, not inference_mode: inference tensors cannot be written by the queued
     # backend's worker threads, which are not in inference mode themselves.
-    @torch.no_grad()
     def generate(self, prompt: Sequence[int] | torch.Tensor, new_tokens: int, *, warmup: bool = False) -> GenerationResult:
-        """Greedy decoding of `new_tokens` ids after `prompt` (a 1-D sequence of ids).
+        """Greedy decoding of `new_tokens` ids after `prompt` (a 1-D sequence of ids), with
+        the runner's kernel parameters.
 
         warmup=True first runs the prompt and one decode step untimed, so compilation
         and lazy initialisation stay out of the reported speeds."""
+        from kernels.registry import use_run
+
+        with use_run(self.kernels):
+            return self._generate(prompt, new_tokens, warmup)
+
+    @torch.no_grad()
+    def _generate(self, prompt, new_tokens: int, warmup: bool) -> GenerationResult:
         from kernels import synchronize
 
         if new_tokens < 1:
@@ -152,8 +164,10 @@ def load_runner(
     compile: bool = False,
     address: str | None = None,
     seed: int = 0,
+    batch: int = 1,
 ) -> Runner:
-    """A Runner for `shape` on `device` with the knobs tuned for `prompt_len`-token prompts.
+    """A Runner for `shape` on `device` with the knobs tuned for `prompt_len`-token prompts
+    (at `batch` sequences: the defaults file's rows of that batch).
 
     defaults_path: the exported defaults (default studies/defaults.json); missing or
     unusable -> built-in knobs and a DefaultsWarning. checkpoint: an own checkpoint
@@ -169,7 +183,7 @@ def load_runner(
     torch_device = resolve_device(device)
     num_heads = get_config(shape).num_heads
     choice = pick_choice(shape, torch_device.type, backend, prompt_len, defaults_path,
-                         dtype=dtype, num_heads=num_heads)
+                         dtype=dtype, num_heads=num_heads, batch=batch)
     scheduler = make_scheduler(backend, Knobs(**choice.config), device=torch_device, dtype=torch_dtype(dtype),
                                compile=compile, address=address)
     try:

@@ -63,7 +63,7 @@ class StudySession:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # no defaults file yet is the normal first run
             choice = pick_choice(self.spec.model.shape, self.device_kind, backend, self.context,
-                                 dtype=self.spec.model.dtype, num_heads=num_heads)
+                                 dtype=self.spec.model.dtype, num_heads=num_heads, batch=self.spec.workload.batch)
         knobs = dict(choice.config)
         source = (f"the defaults file's entry for context {choice.context} (study {choice.study}, trial {choice.trial})"
                   if choice.source == "file" else "built-in default")
@@ -109,7 +109,8 @@ class StudySession:
         baseline_cfg, source = self._runner_default(num_heads)
         values = self._space_values(baseline_cfg)
         self._build_space(values, num_heads)  # refuse a bad spec before creating anything
-        base = study_name(spec.model.shape, self.device_kind, spec.model.backends, self.context)
+        base = study_name(spec.model.shape, self.device_kind, spec.model.backends, self.context,
+                          spec.workload.batch)
         with self.locks.hold(f"create:{base}"):
             opened: OpenedStudy = open_study(
                 self.storage, base, fingerprint=self.fingerprint, identity=spec.identity(),

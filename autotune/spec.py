@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,14 @@ class ModelSpec:
 class WorkloadSpec:
     contexts: tuple[int, ...]
     new_tokens: int = 32
-    batch: int = 1
+    batch: int = 1  # the batch one study measures (WorkloadSpec.at_batch)
+    batches: tuple[int, ...] = (1,)  # one study per (context, batch)
     repeats: int = 3
     seed: int = 0
+
+    def at_batch(self, batch: int) -> "WorkloadSpec":
+        """This workload measured at `batch` sequences (the workload of one study)."""
+        return replace(self, batch=batch)
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,8 @@ class StudySpec:
         data = self.to_dict()
         identity = {
             "model": {k: data["model"][k] for k in ("shape", "dtype", "compile")},
-            "workload": {k: v for k, v in data["workload"].items() if k != "contexts"},
+            # contexts and batches name studies; each study's own batch is in `batch`
+            "workload": {k: v for k, v in data["workload"].items() if k not in ("contexts", "batches")},
             "space": data["space"],
             "objective": data["objective"],
         }
@@ -270,13 +276,17 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
 
     if "workload" not in doc:
         raise SpecError(f"{path}: missing section [workload] (it needs at least `contexts = [2048]`)")
-    w = _Reader(path, "workload", doc["workload"], ("contexts", "new_tokens", "batch", "repeats", "seed"))
+    w = _Reader(path, "workload", doc["workload"], ("contexts", "new_tokens", "batch", "batches", "repeats", "seed"))
     if not w.has("contexts"):
         raise w.fail("contexts", "missing; list the prompt lengths to tune, e.g. contexts = [2048, 8192]")
+    if w.has("batch") and w.has("batches"):
+        raise w.fail("batch", "give either batch (one) or batches (a list, one study per context and batch), not both")
+    batches = w.int_list("batches", (w.integer("batch", 1, minimum=1),))
     workload = WorkloadSpec(
         contexts=w.int_list("contexts", None),
         new_tokens=w.integer("new_tokens", 32, minimum=1),
-        batch=w.integer("batch", 1, minimum=1),
+        batch=batches[0],
+        batches=batches,
         repeats=w.integer("repeats", 3, minimum=1),
         seed=w.integer("seed", 0, minimum=0),
     )

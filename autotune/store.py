@@ -207,8 +207,12 @@ class WriterLock:
 
 
 # ------------------------------------------------------------ names, fingerprint
-def study_name(shape: str, device_kind: str, backends: tuple[str, ...] | list[str], context: int) -> str:
-    return f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}"
+def study_name(shape: str, device_kind: str, backends: tuple[str, ...] | list[str], context: int,
+               batch: int = 1) -> str:
+    """`shape/device/backends/L<context>`, with `/B<batch>` for batches above 1 (so the
+    studies of batch 1 keep the names they had before batch was a dimension)."""
+    name = f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}"
+    return name if batch == 1 else f"{name}/B{batch}"
 
 
 def family(names: list[str], base: str) -> list[str]:

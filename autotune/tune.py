@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import optuna
 
@@ -131,16 +132,18 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
         say(f"store: {store}")
         locks = NamedLocks.for_storage(storage, shared=not location.is_sqlite)
         start = time.monotonic()
-        contexts = spec.workload.contexts
-        for i, context in enumerate(contexts):
+        # one study per (context, batch)
+        studies = [(c, b) for c in spec.workload.contexts for b in spec.workload.batches]
+        for i, (context, batch) in enumerate(studies):
             if stop.stop_requested:
                 break
             deadline = None
             if options.timeout_s is not None:
-                # Split what is left evenly over the contexts still to come.
+                # Split what is left evenly over the studies still to come.
                 left = options.timeout_s - (time.monotonic() - start)
-                deadline = time.monotonic() + max(0.0, left) / (len(contexts) - i)
-            tuner = ContextTuner(spec, options, context, storage=storage, location=location,
+                deadline = time.monotonic() + max(0.0, left) / (len(studies) - i)
+            at_batch = replace(spec, workload=spec.workload.at_batch(batch))
+            tuner = ContextTuner(at_batch, options, context, storage=storage, location=location,
                                  device_kind=device.type, device=device_str, fingerprint=fingerprint, stop=stop,
                                  slots=tuple(slots), locks=locks)
             results.append(tuner.run(deadline))

@@ -20,23 +20,25 @@ from autotune.spec import DEFAULT_STORAGE
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
 _NAME = re.compile(
-    r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:~(?P<generation>\d+))?$"
+    r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:/B(?P<batch>\d+))?"
+    r"(?:~(?P<generation>\d+))?$"
 )
 
 
 @dataclass(frozen=True)
 class StudyKey:
-    """What a study name says: one study per (shape, device kind, backends, context)."""
+    """What a study name says: one study per (shape, device kind, backends, context, batch)."""
 
     shape: str
     device_kind: str
     backends: tuple[str, ...]
     context: int
     generation: int = 1  # 1 for `name`, N for `name~N`
+    batch: int = 1  # `/B<batch>` in the name; none for batch 1
 
     @property
     def family(self) -> tuple:
-        return (self.shape, self.device_kind, self.backends, self.context)
+        return (self.shape, self.device_kind, self.backends, self.context, self.batch)
 
 
 def parse_study_name(name: str) -> StudyKey | None:
@@ -50,6 +52,7 @@ def parse_study_name(name: str) -> StudyKey | None:
         backends=tuple(match["backends"].split("+")),
         context=int(match["context"]),
         generation=int(match["generation"] or 1),
+        batch=int(match["batch"] or 1),
     )
 
 
@@ -92,12 +95,14 @@ class StudyFilter:
     backends: tuple[str, ...]
     contexts: tuple[int, ...]
     device_kind: str | None  # None: a spec with device 'auto' matches any device kind
+    batches: tuple[int, ...] = (1,)
 
     def __call__(self, key: StudyKey) -> bool:
         return (
             key.shape == self.shape
             and key.backends == self.backends
             and key.context in self.contexts
+            and key.batch in self.batches
             and (self.device_kind is None or key.device_kind == self.device_kind)
         )
 
@@ -123,7 +128,8 @@ def storage_from_args(args: argparse.Namespace) -> tuple[str, StudyFilter | None
         device = spec.model.device
         # 'auto' resolves differently per machine, and the store may be shared: match any.
         kind = None if device == "auto" else device.split(":")[0]
-        keep = StudyFilter(spec.model.shape, tuple(spec.model.backends), tuple(spec.workload.contexts), kind)
+        keep = StudyFilter(spec.model.shape, tuple(spec.model.backends), tuple(spec.workload.contexts), kind,
+                           tuple(spec.workload.batches))
         url = url or spec.storage
     return url or DEFAULT_STORAGE, keep
 
@@ -220,5 +226,5 @@ def load_views(storage, keep: StudyFilter | None = None) -> list[StudyView]:
         study = optuna.load_study(study_name=name, storage=storage)
         trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
         views.append(StudyView(name, key, dict(study.user_attrs), trials, study))
-    views.sort(key=lambda v: (v.key.shape, v.key.device_kind, v.key.backends, v.key.context))
+    views.sort(key=lambda v: (v.key.shape, v.key.device_kind, v.key.backends, v.key.batch, v.key.context))
     return views

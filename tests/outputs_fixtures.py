@@ -24,6 +24,8 @@ def make_trial(params: dict[str, Any], value: float | None, *, strategy: str, pr
                decode: float = 100.0, recall: float = 1.0, baseline: bool = False,
                state: TrialState = TrialState.COMPLETE, floor: float = 0.5):
     space = dict(SPACE)
+    if "sub_chunk" in params:  # a kernel knob, as [space.kernel] lists it, with windows it can reach
+        space.update(chunk_size=[16, 32, 64], T_inner=[4, 8, 16, 32, 64], sub_chunk=[32, 64, 128, 256])
     if "backend" in params:
         space["backend"] = ["queued", "ray"]
     user_attrs: dict[str, Any] = {"strategy": strategy, "config": dict(params), "wall_s": 1.5, "stderr_tail": ""}
@@ -45,7 +47,7 @@ def make_trial(params: dict[str, Any], value: float | None, *, strategy: str, pr
 
 def add_study(storage, name: str, trials: list, *, confirmation: dict[str, Any] | None = None,
               dtype: str = "float32") -> optuna.Study:
-    shape, device_kind, backends, context = name.split("/")
+    shape, device_kind, backends, context = name.split("/")[:4]  # (a batch above 1 adds /B<batch>)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     study.set_user_attr("shape", shape)
     study.set_user_attr("dtype", dtype)

@@ -84,3 +84,14 @@ def test_the_kernel_knobs_of_a_trial_travel_in_its_benchmark_request():
     request = bench_request(spec, device="cpu", context=2048, params=params, repeats=1, timeout_s=60)
     assert request.kernel == {"sub_chunk": 64, "rows_max_k": 8192}
     assert type(request).from_json(request.to_json()) == request
+
+
+def test_batches_are_a_workload_list_and_stay_out_of_the_study_identity():
+    base = '[model]\nshape = "tiny"\n[workload]\ncontexts = [64]\n'
+    spec = parse_spec(tomllib.loads(base + "batches = [1, 16]"), "b.toml")
+    assert spec.workload.batches == (1, 16) and spec.workload.batch == 1
+    assert spec.workload.at_batch(16).batch == 16
+    one = parse_spec(tomllib.loads(base), "b.toml")
+    assert one.workload.batches == (1,) and spec.identity() == one.identity()  # batch-1 studies still open
+    with pytest.raises(SpecError, match=r"\[workload\] batch: give either batch \(one\) or batches"):
+        parse_spec(tomllib.loads(base + "batch = 2\nbatches = [1, 16]"), "b.toml")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -302,6 +303,16 @@ def test_kernel_knobs_are_searched_with_the_knobs_and_reach_the_benchmark(tmp_pa
     assert {t.params["rows_max_k"] for t in trials} == {4096, 8192}
     for t in trials:  # the benchmark got the trial's value (the fake echoes its request)
         assert t.user_attrs["config"]["kernel"] == {"rows_max_k": t.params["rows_max_k"]}
+
+
+def test_batches_give_one_study_per_context_and_batch_and_batch_one_keeps_its_name(tmp_path, fake_bench):
+    spec = _spec(tmp_path)
+    spec = replace(spec, workload=replace(spec.workload, batches=(1, 16)))
+    assert tune(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
+    assert _names(tmp_path) == ["tiny/cpu/queued/L64", "tiny/cpu/queued/L64/B16"]
+    for name, batch in (("tiny/cpu/queued/L64", 1), ("tiny/cpu/queued/L64/B16", 16)):
+        trials = _study(tmp_path, name).get_trials(states=(TrialState.COMPLETE,))
+        assert trials and all(t.user_attrs["config"]["batch"] == batch for t in trials)
 
 
 def test_recall_below_the_floor_is_a_violated_constraint(tmp_path, fake_bench, monkeypatch):
