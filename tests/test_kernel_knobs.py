@@ -95,3 +95,30 @@ def test_batches_are_a_workload_list_and_stay_out_of_the_study_identity():
     assert one.workload.batches == (1,) and spec.identity() == one.identity()  # batch-1 studies still open
     with pytest.raises(SpecError, match=r"\[workload\] batch: give either batch \(one\) or batches"):
         parse_spec(tomllib.loads(base + "batch = 2\nbatches = [1, 16]"), "b.toml")
+
+
+@pytest.mark.parametrize("name,shape", [("cuda.toml", "350m"), ("cuda-7b.toml", "7b")])
+def test_the_cuda_specs_search_kernel_knobs_at_two_lengths_and_two_batches(name, shape):
+    """Parsed and enumerated on the CPU as a tuner does it: the spec's lists plus the
+    baseline (the built-in knobs, the kernels' defaults) for every (context, batch)."""
+    from pathlib import Path
+
+    from autotune.defaults import builtin_default
+    from autotune.spec import load_spec
+    from kernels.model import get_config
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "studies" / name)
+    assert spec.model.shape == shape and spec.workload.contexts == (2048, 8192) and spec.workload.batches == (1, 16)
+    assert set(spec.kernel_space) == set(KERNEL_KNOBS)
+    config = get_config(shape)
+    defaults = {k: p.default for k, p in kernel_params().items()}
+    for context in spec.workload.contexts:
+        baseline = {**builtin_default(config.num_heads, context), **defaults}
+        values = {k: sorted(set(v) | {baseline[k]}) for k, v in {**spec.space, **spec.kernel_space}.items()}
+        space = SearchSpace(values, config.num_heads, context, dhqk=config.qk_dim // config.num_heads)
+        assert baseline in space
+        window = max(c["T_inner"] for c in space.configs)
+        longest = [c for c in space.configs if c["T_inner"] == window]
+        for knob in KERNEL_KNOBS:  # every listed value of every kernel knob is searched
+            assert {c[knob] for c in longest} == set(values[knob]), knob
+        assert len(space) >= 96
