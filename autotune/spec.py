@@ -297,6 +297,9 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
     k = _Reader(path, "space.kernel", s.table.get("kernel", {}), KERNEL_KNOBS)
     kernel_space = {knob: k.int_list(knob, None) for knob in KERNEL_KNOBS if k.has(knob)}
     _check_space(k, {**space, **kernel_space}, shape, workload.contexts)
+    if kernel_space and "ray" in model.backends:
+        raise k.fail(next(iter(kernel_space)), "kernel knobs do not reach the Ray actors' kernels; "
+                                                "drop \"ray\" from [model] backends or drop [space.kernel]")
 
     o = _Reader(path, "objective", doc.get("objective", {}), ("w_decode", "w_prefill", "w_recall", "recall_floor"))
     objective = ObjectiveSpec(

@@ -122,3 +122,18 @@ def test_the_cuda_specs_search_kernel_knobs_at_two_lengths_and_two_batches(name,
         for knob in KERNEL_KNOBS:  # every listed value of every kernel knob is searched
             assert {c[knob] for c in longest} == set(values[knob]), knob
         assert len(space) >= 96
+
+
+def test_kernel_knobs_with_the_ray_backend_are_refused_rather_than_ignored(monkeypatch):
+    import schedulers.factory
+
+    from autotune.bench.config import BenchRequest
+    from autotune.bench.errors import InvalidConfig
+
+    monkeypatch.setattr(schedulers.factory, "ray_missing", lambda: None)  # as where Ray is installed
+
+    text = '[model]\nshape = "tiny"\nbackends = ["queued", "ray"]\n[workload]\ncontexts = [64]\n'
+    with pytest.raises(SpecError, match=r"\[space.kernel\] rows_max_k: kernel knobs do not reach the Ray actors"):
+        parse_spec(tomllib.loads(text + "[space.kernel]\nrows_max_k = [4096]"), "r.toml")
+    with pytest.raises(InvalidConfig, match="kernel: kernel parameters do not reach the Ray actors"):
+        BenchRequest.from_dict({"shape": "tiny", "backend": "ray", "kernel": {"rows_max_k": 4096}})

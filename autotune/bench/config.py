@@ -93,6 +93,9 @@ class BenchRequest:
         if not isinstance(compile_, bool):
             raise InvalidConfig("compile", f"must be true or false, got {compile_!r}")
         kernel = _kernel_params(values.get("kernel", {}), shape)
+        if kernel and backend == "ray":  # the actors' kernels run in other processes
+            raise InvalidConfig("kernel", "kernel parameters do not reach the Ray actors' kernels; "
+                                          "use backend queued or sequential, or leave kernel out")
 
         return cls(
             shape=shape,
