@@ -118,8 +118,10 @@ class FastModel:
     def __init__(self, model: XLSTM, *, ops=None):
         self.model = model
         self.config = config = model.config
+        before = len(current_run().fallbacks)
         self.ops = ops if ops is not None else ops_for(model.device)
-        current_run().record("ops", self.ops.name)
+        self._ops_fallbacks = current_run().fallbacks[before:]  # why this op set, when it is a fallback
+        self.declare()
         self.layout = ProjectionLayout(config.qk_dim, config.v_dim, config.num_heads)
         self.in_proj: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.up_proj: dict[int, torch.Tensor] = {}
@@ -131,6 +133,14 @@ class FastModel:
                         [layer.q, layer.k, layer.v, layer.ogate_preact, layer.igate_preact, layer.fgate_preact],
                         biases=True)
                 self.up_proj[b] = _fuse_rows([block.ffn.proj_up_gate, block.ffn.proj_up], biases=False)[0]
+
+    def declare(self) -> None:
+        """Put this model's op set, and the fallback that chose it, on the current run's
+        record: a model kept across runs (a warm worker's) declares it in each run."""
+        run = current_run()
+        for f in self._ops_fallbacks:
+            run.fail(f["family"], f["kernel"], f["why"], fallback=f["instead"])
+        run.record("ops", self.ops.name)
 
     @property
     def device(self) -> torch.device:

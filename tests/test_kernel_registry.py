@@ -94,3 +94,26 @@ def test_cuda_without_triton_falls_back_to_the_torch_ops_on_record(monkeypatch):
     with use_run(KernelRun()) as cpu_run:  # on the CPU the torch ops are the choice, not a fallback
         assert fo.ops_for("cpu") is fo.TorchOps
     assert what_ran(cpu_run)["fallback"] is None
+
+
+def test_a_kept_fast_model_declares_its_op_fallback_in_every_run(monkeypatch):
+    """A warm worker keeps the fused model across requests; each request's record still
+    says which op set runs and why."""
+    import kernels.fastpath as fp
+    from kernels import XLSTM, get_config
+    from kernels.fused_ops import TorchOps
+    from kernels.registry import current_run
+
+    def no_triton(device):
+        current_run().fail("ops", "triton", "Triton is not importable (forced)", fallback="torch")
+        return TorchOps
+
+    monkeypatch.setattr(fp, "ops_for", no_triton)
+    with use_run(KernelRun()) as first:
+        fast = fp.FastModel(XLSTM(get_config("tiny"), device="cpu", dtype=torch.float32, seed=0))
+    with use_run(KernelRun()) as second:
+        fast.declare()
+    for run in (first, second):
+        ran = what_ran(run)
+        assert ran["fallback"] == "triton -> torch: Triton is not importable (forced)"
+        assert ran["ops"] == {"kernels": {"torch": {}}, "last": "torch"}

@@ -134,6 +134,7 @@ def _paths(model, scheduler, config: BenchRequest, device: torch.device, cache: 
         from kernels.fastpath import FastModel
 
         fast = cache.get(("fast", id(model)), lambda: FastModel(model))
+        fast.declare()  # its op set on this request's record, also when a warm worker kept it
     decoder = make_decoder(model, scheduler, batch=config.batch, fast=fast,
                            graphs=device.type == "cuda" and config.backend != "ray")
     reason = getattr(decoder, "reason", None)
