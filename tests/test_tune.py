@@ -404,6 +404,13 @@ def test_a_changed_measurement_spec_is_refused(tmp_path, fake_bench):
         tune(spec, _options(tmp_path, fake_bench, n_trials=3))
 
 
+def test_adding_kernel_knobs_to_a_studied_spec_is_refused_on_resume(tmp_path, fake_bench):
+    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=2)) == 0
+    with_kernel = _spec(tmp_path, extra="[space.kernel]\nrows_max_k = [4096, 8192]\n")
+    with pytest.raises(StoreError, match=r"kernel_space.*--new-study"):
+        tune(with_kernel, _options(tmp_path, fake_bench, n_trials=3))
+
+
 def test_second_tuner_on_one_sqlite_file_gets_a_clear_error(tmp_path, fake_bench):
     spec = _spec(tmp_path)
     db = tmp_path / "t.db"
