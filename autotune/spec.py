@@ -105,15 +105,22 @@ class StudySpec:
     kernel_space: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (stored on each study as user attr 'spec')."""
+        """JSON-ready form, shaped as the TOML file (parse_spec reads it back): kernel
+        knobs under space.kernel, `batches` only where the spec lists several. Stored on
+        each study as user attr 'spec'."""
         data = asdict(self)
         data.pop("path")
+        kernel = data.pop("kernel_space")
+        if kernel:
+            data["space"]["kernel"] = kernel
+        workload = data["workload"]
+        workload.pop("batch" if len(self.workload.batches) > 1 else "batches")
         return _jsonable(data)
 
     def identity(self) -> dict[str, Any]:
         """What must not change while a study is resumed: anything that changes what a
         measurement or a score means. Budget, strategy, limits and storage may change."""
-        data = self.to_dict()
+        data = _jsonable(asdict(self))
         identity = {
             "model": {k: data["model"][k] for k in ("shape", "dtype", "compile")},
             # contexts and batches name studies; each study's own batch is in `batch`
