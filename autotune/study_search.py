@@ -24,7 +24,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import records as R
 from autotune.bench.config import BenchRequest
-from autotune.bench.result import KERNEL_FALLBACK
 from autotune.loop import DONE, WAIT, Step
 from autotune.objective import CONSTRAINT, recall_violation, score
 from autotune.session import StudySession
@@ -197,8 +196,7 @@ class StudySearch:
 
         value = None
         kind, message = outcome.error_kind, outcome.error_message
-        if outcome.ok and result.fallback:  # other kernels ran than the config names (bench/result.py)
-            kind, message = KERNEL_FALLBACK, f"a kernel fell back: {result.fallback}"
+        if outcome.fell_back:  # measured on other kernels than the config names: failed, metrics kept
             trial.set_user_attr(R.METRICS, result.metrics)
         elif outcome.ok:
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from autotune.bench.config import BenchRequest
-from autotune.bench.result import BenchResult, parse_stdout
+from autotune.bench.result import KERNEL_FALLBACK, BenchResult, parse_stdout
 from autotune.bench.tuner_watch import TunerIdentity
 from autotune.names import KERNEL_KNOBS, KNOBS
 
@@ -70,16 +70,22 @@ class TrialOutcome:
             self.result = BenchResult.from_dict(self.result) or BenchResult.failure("crash", "not a result")
 
     @property
+    def fell_back(self) -> bool:
+        """Measured, but a kernel fell back: other kernels ran than the config names."""
+        return self.result.ok and self.result.fallback is not None
+
+    @property
     def ok(self) -> bool:
-        return self.result.ok
+        """A measurement of the config: a fallback's speeds belong to other kernels."""
+        return self.result.ok and not self.fell_back
 
     @property
     def error_kind(self) -> str | None:
-        return self.result.error_kind
+        return KERNEL_FALLBACK if self.fell_back else self.result.error_kind
 
     @property
     def error_message(self) -> str | None:
-        return self.result.error_message
+        return f"a kernel fell back: {self.result.fallback}" if self.fell_back else self.result.error_message
 
 
 def request_json(request: BenchRequest | Mapping[str, Any]) -> str:

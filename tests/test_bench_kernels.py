@@ -123,3 +123,18 @@ def test_impossible_kernel_parameters_are_an_invalid_config(kernel, message):
     with pytest.raises(InvalidConfig) as info:
         BenchRequest.from_dict({"shape": "7b", "kernel": kernel})
     assert str(info.value).startswith(message)
+
+
+def test_an_outcome_on_a_fallback_is_a_failure_of_its_own_kind_everywhere():
+    """Trials, confirmation and sweeps read outcomes alike: speeds measured on a fallback
+    are never that config's."""
+    from autotune.trials import TrialOutcome
+
+    result = {"schema_version": 1, "status": "ok", "metrics": {"prefill_tok_s": 1.0},
+              "kernels": {"fallback": "chunkwise--triton -> chunkwise--split: PTXAS error"}}
+    outcome = TrialOutcome(result, "", 1.0, 0)
+    assert outcome.fell_back and not outcome.ok
+    assert outcome.error_kind == "kernel_fallback"
+    assert outcome.error_message == "a kernel fell back: chunkwise--triton -> chunkwise--split: PTXAS error"
+    clean = TrialOutcome({**result, "kernels": {"fallback": None}}, "", 1.0, 0)
+    assert clean.ok and not clean.fell_back and clean.error_kind is None

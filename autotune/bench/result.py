@@ -15,8 +15,9 @@ from autotune.bench.errors import CRASH
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error")
-# A trial whose result says a kernel fell back: it measured other kernels than its config
-# names, so it fails with this kind (its metrics kept) instead of scoring that config.
+# A measurement whose result says a kernel fell back measured other kernels than its
+# config names: trials, confirmation and sweeps count it failed with this kind
+# (autotune.trials.TrialOutcome), never as that config's speed.
 KERNEL_FALLBACK = "kernel_fallback"
 
 
