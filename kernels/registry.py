@@ -19,6 +19,7 @@ force (use_run); what_ran() is the section a benchmark result carries.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -123,6 +124,7 @@ def get_kernel(family: str, name: str) -> KernelSpec:
         raise ValueError(f"unknown {family} kernel {name!r}; valid: {', '.join(kernel_names(family))}") from None
 
 
+@functools.cache  # read once per config while a space is enumerated; do not mutate
 def kernel_params() -> dict[str, Param]:
     """Every declared kernel parameter by name (a name means the same values in every
     kernel that declares it): the kernel knobs a study may search."""
