@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from autotune.errors import UserError, main
+from autotune.cli import main
+from autotune.errors import UserError
 from autotune import compare_official as co
 
 

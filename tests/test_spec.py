@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autotune.errors import UserError, main
+from autotune.cli import main
+from autotune.errors import UserError
 from autotune.spec import DEFAULT_SPACE, DEFAULT_STORAGE, SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
