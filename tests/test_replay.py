@@ -254,6 +254,22 @@ def test_kernel_tuner_cache_parsing(tmp_path, closed):
     assert trace.evaluations == 4 and trace.best[-1] == 1.5
 
 
+def test_a_gzipped_kernel_tuner_cache_reads_as_the_plain_one(tmp_path):
+    import gzip
+
+    plain, packed = tmp_path / "cache.json", tmp_path / "cache.json.gz"
+    plain.write_text(kernel_tuner_cache(True))
+    with gzip.open(packed, "wt", encoding="utf-8") as handle:
+        handle.write(kernel_tuner_cache(True))
+    a, b = load_surface(plain), load_surface(packed)
+    assert b.name == "cache" and b.source == "kernel_tuner"
+    assert a.configs == b.configs and np.array_equal(a.true_values, b.true_values, equal_nan=True)
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(SurfaceError, match="cannot read"):
+        load_surface(broken)
+
+
 def test_not_a_surface_is_one_clear_error(tmp_path):
     path = tmp_path / "x.json"
     path.write_text('{"hello": 1}')

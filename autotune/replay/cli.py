@@ -44,7 +44,8 @@ def parse_strategies(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from autotune.replay.report import summarise, table, write_html, write_json
     from autotune.replay.runner import run_comparison
-    from autotune.replay.surface import SurfaceError, load_surface
+    from autotune.replay.loading import load_surface
+    from autotune.replay.surface import SurfaceError
 
     strategies = parse_strategies(args.strategies)
     if args.seeds < 1:
