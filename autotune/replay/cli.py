@@ -8,16 +8,19 @@ import sys
 import time
 
 from autotune.cli import UserError
+from autotune.replay.peers import KT_EXTRA_HINT, PeerUnavailable, is_peer, kt_strategies, require_kernel_tuner
 
 DEFAULT_SEEDS = 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from autotune.replay.runner import ALL_STRATEGIES
+    from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES
 
-    parser.add_argument("surface", help="a surface file (autotune sweep) or a Kernel Tuner cache file")
-    parser.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                        help=f"comma-separated names (default: all of {','.join(ALL_STRATEGIES)})")
+    parser.add_argument("surface", help="a surface file (autotune sweep) or a Kernel Tuner cache file (.json or .json.gz)")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help=f"comma-separated names of {','.join(ALL_STRATEGIES)} and kt:NAME, Kernel Tuner's "
+                             f"strategy NAME (e.g. kt:genetic_algorithm; needs {KT_EXTRA_HINT}) "
+                             f"(default: {','.join(DEFAULT_STRATEGIES)})")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"runs per strategy, seeds 0..N-1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
@@ -34,10 +37,21 @@ def parse_strategies(text: str) -> list[str]:
     from autotune.replay.runner import ALL_STRATEGIES
 
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ALL_STRATEGIES]
+    peers = [n for n in names if is_peer(n)]
+    if peers:
+        try:
+            require_kernel_tuner()
+        except PeerUnavailable as exc:
+            raise UserError(f"{', '.join(peers)}: {exc}") from None
+        unknown_peers = [n for n in peers if n.removeprefix("kt:") not in kt_strategies()]
+        if unknown_peers:
+            raise UserError(f"unknown Kernel Tuner strategy {', '.join(unknown_peers)}; "
+                            f"Kernel Tuner has kt:{', kt:'.join(kt_strategies())}")
+    unknown = [n for n in names if n not in ALL_STRATEGIES and not is_peer(n)]
     if unknown or not names:
         raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; "
-                        f"--strategies takes a comma-separated list of {', '.join(ALL_STRATEGIES)}")
+                        f"--strategies takes a comma-separated list of {', '.join(ALL_STRATEGIES)} "
+                        "and kt:NAME (Kernel Tuner's strategies)")
     return list(dict.fromkeys(names))
 
 

@@ -8,7 +8,10 @@ evaluations, when the sampler reports the space exhausted, or after
 `max_proposals` asks (a sampler that only repeats itself spends no evaluations).
 
 What is replayed is exactly the sampler the tuner uses: the same class, an in-memory
-study, the same ask/suggest/tell calls.
+study, the same ask/suggest/tell calls. Runs are paired across strategies: a seed fixes
+the first config (enqueued, as the tuner's first trial is the baseline) and the noise
+stream, so strategies differ only in what they choose. `kt:NAME` runs Kernel Tuner's
+strategy NAME instead (autotune.replay.peers).
 """
 
 from __future__ import annotations
@@ -23,13 +26,18 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.replay.baseline import budget_for, random_curve
+from autotune.replay.peers import is_peer, kt_first_visits
 from autotune.replay.scoring import REACH_AT
 from autotune.replay.surface import Surface
 from autotune.strategies import STRATEGY_ATTR, STRATEGY_NAMES, SpaceExhausted, StrategySampler, make_sampler
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
 ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
+# Optuna's GP costs 100-170 ms a proposal: a default replay of a large surface leaves it out
+DEFAULT_STRATEGIES = tuple(n for n in ALL_STRATEGIES if n != "gp")
 NOISE_STREAM = 0x5EED  # the noise draws use their own stream, apart from the sampler's
+START_STREAM = 0x57A7  # the first config of a seed's runs, the same for every strategy
+START_LABEL = "start"
 
 
 def build_sampler(name: str, surface: Surface, seed: int,
@@ -69,7 +77,8 @@ class RunTrace:
 def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
                max_proposals: int | None = None, stall_limit: int = 50,
                options: Mapping[str, Mapping[str, Any]] | None = None,
-               sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None) -> RunTrace:
+               sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None,
+               start: bool = True) -> RunTrace:
     """One seeded run of `strategy` on `surface` (deterministic for a given seed).
 
     A config that fails when run is told as a FAIL trial to this project's strategies,
@@ -77,14 +86,19 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     the same config forever, so they are told the surface's worst value instead (the
     usual way to run them where configs can fail); the same goes for the invalid
     configs only they can propose. The run also stops after `stall_limit` asks in a
-    row that spent no evaluation.
+    row that spent no evaluation. With `start`, the first trial is the seed's start
+    config (start_index), enqueued; its evaluation is labelled 'start'.
     """
     max_evals = min(max_evals, len(surface))
+    if is_peer(strategy):
+        return _peer_run(surface, strategy, seed, max_evals)
     max_proposals = max_proposals if max_proposals is not None else 10 * max_evals + 50
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per replayed study and trial is noise
     sampler = sampler_factory() if sampler_factory else build_sampler(strategy, surface, seed, options)
     study = optuna.create_study(direction=surface.direction, sampler=sampler)
     space = surface.space
+    if start:
+        study.enqueue_trial(dict(space.configs[start_index(surface, seed)]))
     dists = space.distributions()
     noise = np.random.default_rng([seed, NOISE_STREAM])
     filled = surface.filled_values()
@@ -123,7 +137,8 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
             value = filled[index]
             current = value if current is None else surface.best_of(np.array([current, value]))
             best.append(current)
-            trace.proposed_by.append(str(trial.user_attrs.get(STRATEGY_ATTR, strategy)))
+            label = START_LABEL if start and trial.number == 0 else trial.user_attrs.get(STRATEGY_ATTR, strategy)
+            trace.proposed_by.append(str(label))
         if observed is not None:
             study.tell(trial, observed)
         elif own:
@@ -131,6 +146,23 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
         else:
             study.tell(trial, penalty)
     trace.best = np.asarray(best)
+    return trace
+
+
+def start_index(surface: Surface, seed: int) -> int:
+    """The config every strategy's run of `seed` begins with (uniform over the surface)."""
+    return int(np.random.default_rng([seed, START_STREAM]).integers(len(surface)))
+
+
+def _peer_run(surface: Surface, strategy: str, seed: int, max_evals: int) -> RunTrace:
+    """A Kernel Tuner strategy's run as a trace: its first visits in order, one evaluation each."""
+    order, wall = kt_first_visits(surface, strategy.removeprefix("kt:"), seed, max_evals)
+    filled = surface.filled_values()
+    best = filled[order]
+    best = np.maximum.accumulate(best) if surface.maximize else np.minimum.accumulate(best)
+    trace = RunTrace(strategy, seed, np.asarray(best, dtype=np.float64), [strategy] * len(order),
+                     proposals=len(order))
+    trace.proposal_s = [wall / max(1, len(order))] * len(order)
     return trace
 
 
