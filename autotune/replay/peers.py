@@ -11,8 +11,12 @@ Accounting, as for this project's strategies (autotune.replay.runner): the first
 a config costs one evaluation, a revisit is free. Kernel Tuner's simulation runner charges
 `max_fevals` the same way (one per first visit, revisits free), and its strategies may
 revisit; the trace is built from the order of first visits in Kernel Tuner's results, so
-`max_fevals` = N unique evaluations, the same budget. A config that fails counts as the
-surface's worst value. Noise: each seed writes the cache with one recorded sample per
+`max_fevals` = N unique evaluations, the same budget. Some strategies stop earlier by
+their own count (dual_annealing hands max_fevals to scipy as `maxfun`, which counts
+revisits too): such a run is restarted (seeded anew) with the evaluations left, its
+configs already visited free, until N unique evaluations or MAX_RESTARTS restarts, as a
+run of this project's strategies goes on until its budget. A config that fails counts as
+the surface's worst value. Noise: each seed writes the cache with one recorded sample per
 config drawn from that seed's noise stream, as a first visit in replay returns one
 sample. Seeding: Kernel Tuner's strategies draw from Python's `random` and numpy's global
 state; both are seeded from the replay seed and restored afterwards.
@@ -38,6 +42,7 @@ KT_PREFIX = "kt:"
 KT_EXTRA_HINT = "pip install 'xlstm-autotune[peers]'"
 KT_NOISE_STREAM = 0x5EED  # the same stream replay's first visits draw from
 _KT_NAME = "replay"  # kernel and device name of the temporary cache
+MAX_RESTARTS = 20  # restarts of a run that stopped short of its unique evaluations
 
 
 class PeerUnavailable(RuntimeError):
@@ -99,30 +104,35 @@ def seeded_global_random(seed: int) -> Iterator[None]:
 
 def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) -> tuple[list[int], float]:
     """Config indices in the order Kernel Tuner's `strategy` first visited them (at most
-    max_evals), and the wall time of its run in seconds."""
+    max_evals, restarts included), and the wall time of its runs in seconds."""
     kernel_tuner = require_kernel_tuner()
     keys = list(surface.knobs)
     index_of = {config_key(c, keys): i for i, c in enumerate(surface.configs)}
+    max_evals = min(max_evals, len(surface))
 
     def in_cache(params: dict) -> bool:  # restricts Kernel Tuner's space to the surface's configs
         return config_key(params, keys) in index_of
 
-    higher = surface.maximize
+    order: list[int] = []
+    seen: set[int] = set()
+    wall = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache.json"
         cache.write_text(json.dumps(cache_document(surface, seed)), encoding="utf-8")
-        started = time.perf_counter()
-        with seeded_global_random(seed), contextlib.redirect_stdout(None):
-            results, _ = kernel_tuner.tune_kernel(
-                _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
-                cache=str(cache), strategy=strategy, strategy_options={"max_fevals": max_evals},
-                restrictions=in_cache, objective="time", objective_higher_is_better=higher, quiet=True, verbose=False)
-        wall = time.perf_counter() - started
-    order: list[int] = []
-    seen: set[int] = set()
-    for result in results:
-        index = index_of.get(config_key(result, keys))
-        if index is not None and index not in seen:
-            seen.add(index)
-            order.append(index)
+        for restart in range(MAX_RESTARTS + 1):
+            started = time.perf_counter()
+            with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None):
+                results, _ = kernel_tuner.tune_kernel(
+                    _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
+                    cache=str(cache), strategy=strategy, strategy_options={"max_fevals": max_evals - len(order)},
+                    restrictions=in_cache, objective="time", objective_higher_is_better=surface.maximize,
+                    quiet=True, verbose=False)
+            wall += time.perf_counter() - started
+            for result in results:
+                index = index_of.get(config_key(result, keys))
+                if index is not None and index not in seen:
+                    seen.add(index)
+                    order.append(index)
+            if len(order) >= max_evals:
+                break
     return order[:max_evals], wall
