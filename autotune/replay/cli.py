@@ -28,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluations per run (default: max(budget, 100), at most the number of configs)")
     parser.add_argument("--options", default=None,
                         help='strategy hyperparameters as JSON, e.g. \'{"portfolio": {"exploration": 0.1}}\'')
+    parser.add_argument("--warm-start", default=None, metavar="SURFACE",
+                        help="seed every run of this project's strategies with another surface's ranking "
+                             "(its best configs measured first, the ranking as the prior), as `autotune tune` "
+                             "does with another study")
     parser.add_argument("--json", dest="json_out", default=None, help="write the JSON summary here")
     parser.add_argument("--html", dest="html_out", default=None, help="write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -76,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--options must map strategy names to objects of hyperparameters")
     try:
         surface = load_surface(args.surface)
+        ranking = load_surface(args.warm_start).ranking() if args.warm_start else None
     except SurfaceError as exc:
         raise UserError(str(exc)) from None
+    if ranking is not None and not any(surface.space.index(c) is not None for c in ranking):
+        raise UserError(f"--warm-start {args.warm_start} shares no config with {args.surface}; "
+                        "warm-start from a surface of the same knobs")
     if not args.quiet:
         print(surface.describe(), file=sys.stderr)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {len(seeds)} runs done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
     try:
-        comp = run_comparison(surface, strategies, seeds, horizon=args.horizon, options=options, progress=progress)
+        comp = run_comparison(surface, strategies, seeds, horizon=args.horizon, options=options, progress=progress,
+                              warm_start=ranking)
     except TypeError as exc:  # an option a strategy does not take
         raise UserError(f"--options: {exc}") from None
     summary = summarise(comp)

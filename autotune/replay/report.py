@@ -7,6 +7,7 @@ JSON summary (schema_version 1):
                                       "vs_best": {"best", "diff", "se", "tie"}},
                            "reach": {"within_5pct": {"10": f, "25": f, "50": f, "100": f},
                                      "within_1pct": {...}},
+                           "to_within_5pct": {"mean", "se", "reached", "per_seed"},
                            "ms_per_proposal": x, "evaluations": mean, "proposals": mean,
                            "invalid": mean, "revisits": mean, "exhausted": runs,
                            "mean_best": [...], "ci95_low": [...], "ci95_high": [...],
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from autotune.replay.runner import Comparison
-from autotune.replay.scoring import extend, p_score, reach_fractions
+from autotune.replay.scoring import evaluations_to_within, extend, p_score, reach_fractions
 from autotune.replay.stats import mean_se, versus_best
 
 SCHEMA_VERSION = 1
@@ -71,6 +72,7 @@ def summarise(comp: Comparison) -> dict[str, Any]:
                         "se": _clean(mean_se(scores)[1]),
                         "per_seed": [_clean(float(x)) for x in scores]},
             "reach": reach_fractions(curves, surface.optimum),
+            "to_within_5pct": _to_within(traces, surface.optimum),
             "ms_per_proposal": _clean(1000.0 * float(np.mean(proposal_s))) if proposal_s else None,
             "evaluations": float(np.mean([t.evaluations for t in traces])),
             "proposals": float(np.mean([t.proposals for t in traces])),
@@ -102,6 +104,15 @@ def _mark(name: str, p: dict[str, Any]) -> str:
 
 def _num(x: float | None) -> float:
     return float("nan") if x is None else float(x)
+
+
+def _to_within(traces, optimum: float) -> dict[str, Any]:
+    """Evaluations each run needed to come within 5% of the optimum: mean ± standard error
+    over the runs that did, and the fraction that did within the horizon."""
+    needed = [evaluations_to_within(t.best, optimum) for t in traces]
+    mean, se = mean_se([float(n) for n in needed if n is not None])
+    return {"mean": _clean(mean), "se": _clean(se), "reached": sum(n is not None for n in needed) / max(1, len(needed)),
+            "per_seed": needed}
 
 
 def _share_curves(traces, horizon: int, bins: int = 20) -> dict[str, Any]:

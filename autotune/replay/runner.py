@@ -30,6 +30,7 @@ from autotune.replay.peers import is_peer, kt_first_visits
 from autotune.replay.scoring import REACH_AT
 from autotune.replay.surface import Surface
 from autotune.strategies import STRATEGY_ATTR, STRATEGY_NAMES, SpaceExhausted, StrategySampler, make_sampler
+from autotune.warm_start import seed_study
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
 ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
@@ -38,6 +39,7 @@ DEFAULT_STRATEGIES = tuple(n for n in ALL_STRATEGIES if n != "gp")
 NOISE_STREAM = 0x5EED  # the noise draws use their own stream, apart from the sampler's
 START_STREAM = 0x57A7  # the first config of a seed's runs, the same for every strategy
 START_LABEL = "start"
+WARM_LABEL = "warm start"
 
 
 def build_sampler(name: str, surface: Surface, seed: int,
@@ -78,7 +80,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
                max_proposals: int | None = None, stall_limit: int = 50,
                options: Mapping[str, Mapping[str, Any]] | None = None,
                sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None,
-               start: bool = True) -> RunTrace:
+               start: bool = True, warm_start: Sequence[Mapping[str, Any]] | None = None) -> RunTrace:
     """One seeded run of `strategy` on `surface` (deterministic for a given seed).
 
     A config that fails when run is told as a FAIL trial to this project's strategies,
@@ -87,7 +89,10 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     usual way to run them where configs can fail); the same goes for the invalid
     configs only they can propose. The run also stops after `stall_limit` asks in a
     row that spent no evaluation. With `start`, the first trial is the seed's start
-    config (start_index), enqueued; its evaluation is labelled 'start'.
+    config (start_index), enqueued; its evaluation is labelled 'start'. `warm_start`, a
+    ranking of configs (best first, e.g. another surface's), seeds the study as the tuner
+    does (autotune.warm_start.seed_study): its best configs are measured next, labelled
+    'warm start', and the ranking is the strategies' prior.
     """
     max_evals = min(max_evals, len(surface))
     if is_peer(strategy):
@@ -99,6 +104,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     space = surface.space
     if start:
         study.enqueue_trial(dict(space.configs[start_index(surface, seed)]))
+    seeded = len(seed_study(study, warm_start, space=space)) if warm_start else 0
     dists = space.distributions()
     noise = np.random.default_rng([seed, NOISE_STREAM])
     filled = surface.filled_values()
@@ -110,7 +116,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     current = None
     stalled = 0
     while len(best) < max_evals and trace.proposals < max_proposals and stalled < stall_limit:
-        start = time.perf_counter()
+        asked_at = time.perf_counter()
         trial = study.ask()
         try:
             params = {k: trial.suggest_categorical(k, dists[k].choices) for k in space.knob_names}
@@ -118,7 +124,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
             study.tell(trial, state=TrialState.FAIL)
             trace.exhausted = True
             break
-        trace.proposal_s.append(time.perf_counter() - start)
+        trace.proposal_s.append(time.perf_counter() - asked_at)
         trace.proposals += 1
         index = space.index(params)
         observed: float | None = None
@@ -137,7 +143,9 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
             value = filled[index]
             current = value if current is None else surface.best_of(np.array([current, value]))
             best.append(current)
-            label = START_LABEL if start and trial.number == 0 else trial.user_attrs.get(STRATEGY_ATTR, strategy)
+            label = trial.user_attrs.get(STRATEGY_ATTR, strategy)
+            if trial.number < int(start) + seeded:
+                label = START_LABEL if start and trial.number == 0 else WARM_LABEL
             trace.proposed_by.append(str(label))
         if observed is not None:
             study.tell(trial, observed)
@@ -187,7 +195,8 @@ def default_horizon(surface: Surface, budget: int) -> int:
 def run_comparison(surface: Surface, strategies: Sequence[str], seeds: Sequence[int], *,
                    horizon: int | None = None,
                    options: Mapping[str, Mapping[str, Any]] | None = None,
-                   progress: Callable[[str, int, RunTrace], None] | None = None) -> Comparison:
+                   progress: Callable[[str, int, RunTrace], None] | None = None,
+                   warm_start: Sequence[Mapping[str, Any]] | None = None) -> Comparison:
     """Replay each strategy once per seed; seeds are shared so strategies meet the same noise."""
     values = surface.filled_values()
     budget, cutoff = budget_for(values, surface.maximize)
@@ -199,7 +208,8 @@ def run_comparison(surface: Surface, strategies: Sequence[str], seeds: Sequence[
     for name in strategies:
         traces[name] = []
         for seed in seeds:
-            trace = replay_run(surface, name, seed, horizon, options=options)
+            trace = replay_run(surface, name, seed, horizon, options=options,
+                               warm_start=None if is_peer(name) else warm_start)
             traces[name].append(trace)
             if progress:
                 progress(name, seed, trace)

@@ -100,6 +100,12 @@ class Surface:
     def __len__(self) -> int:
         return len(self.configs)
 
+    def ranking(self) -> list[dict[str, Any]]:
+        """The configs that ran, best first (a warm start's source)."""
+        ok = np.flatnonzero(~self.failed)
+        order = ok[np.argsort(-self.sign * self.true_values[ok], kind="stable")]
+        return [dict(self.configs[i]) for i in order]
+
     def describe(self) -> str:
         partial = self.meta.get("partial")
         count = f"{len(self)} of {partial['configs']} valid configs measured so far" if partial else f"{len(self)} valid configs"

@@ -22,6 +22,8 @@ from autotune.strategies.base import STRATEGY_ATTR, Proposal, SpaceExhausted, St
 from autotune.strategies.boltzmann import BoltzmannStrategy
 from autotune.strategies.genetic import GeneticStrategy
 from autotune.strategies.history import History
+from autotune.strategies.local import LocalStrategy
+from autotune.strategies.parzen import ParzenStrategy
 from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
 from autotune.strategies.regression import RegressionStrategy
@@ -39,6 +41,8 @@ _SINGLE: dict[str, Callable[..., Strategy]] = {
     "bandit": BanditStrategy,
     "boltzmann": BoltzmannStrategy,
     "regression": RegressionStrategy,
+    "local": LocalStrategy,
+    "parzen": ParzenStrategy,
 }
 STRATEGY_NAMES = (*_SINGLE, "portfolio")
 
@@ -82,7 +86,8 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 __all__ = [
     "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_PRIOR", "PORTFOLIO_WARMUP",
     "PORTFOLIO_WARMUP_SPACE",
-    "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
+    "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "LocalStrategy", "ParzenStrategy",
+    "PortfolioStrategy",
     "Proposal", "RandomStrategy", "RegressionStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",
 ]
