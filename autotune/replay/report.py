@@ -85,11 +85,16 @@ def summarise(comp: Comparison) -> dict[str, Any]:
             "shares": shares,
             "share_curves": _share_curves(traces, comp.horizon) if len(shares) > 1 else {},
         }
-    paired = versus_best({n: s["p_score"]["per_seed"] for n, s in out["strategies"].items()})
-    for name, s in out["strategies"].items():
+    attach_paired(out)
+    return out
+
+
+def attach_paired(summary: dict[str, Any]) -> None:
+    """Set each strategy's p_score.vs_best: the paired comparison with the best of the summary."""
+    paired = versus_best({n: s["p_score"]["per_seed"] for n, s in summary["strategies"].items()})
+    for name, s in summary["strategies"].items():
         if name in paired:
             s["p_score"]["vs_best"] = {k: (_clean(v) if isinstance(v, float) else v) for k, v in paired[name].items()}
-    return out
 
 
 def _mark(name: str, p: dict[str, Any]) -> str:

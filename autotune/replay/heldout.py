@@ -1,0 +1,129 @@
+"""Leave-one-family-out evaluation of portfolio configurations on real surfaces.
+
+    python -m autotune.replay.heldout --family convolution=A.json.gz,B.json.gz \
+        --family gemm=C.json.gz,D.json.gz --family xlstm=studies/surfaces/cuda-350m-queued-L2048.json \
+        --variants VARIANTS.json --references random,bandit,boltzmann,regression,tpe,kt:pso \
+        --seeds 50 --out studies/records/replay-heldout.json
+
+VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...});
+the name "default" is the shipped configuration. Every variant and reference strategy is
+replayed on every surface for the seeds 0..N-1 (paired: a seed fixes the start config
+and the noise), each run up to the surface's budget, and scored by its P-score.
+
+Held out: for each family F, the variant with the best mean P-score over the OTHER
+families (each family weighing the same) is chosen, and its scores on F's surfaces are
+reported beside the references: a number is never from a surface it was chosen on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.replay.baseline import budget_for, random_curve
+from autotune.replay.loading import load_surface
+from autotune.replay.report import attach_paired, comparison_markdown, summarise
+from autotune.replay.runner import Comparison, _quiet_optuna, replay_run
+from autotune.replay.surface import Surface
+
+
+def replay_surface(surface: Surface, runs: Mapping[str, tuple[str, dict | None]], seeds: Sequence[int],
+                   log=lambda line: None) -> dict[str, Any]:
+    """The summary (autotune.replay.report) of each labelled (strategy, options) on the
+    surface, every run stopping at the budget."""
+    values = surface.filled_values()
+    budget, cutoff = budget_for(values, surface.maximize)
+    traces = {}
+    for label, (strategy, options) in runs.items():
+        started = time.monotonic()
+        traces[label] = [replay_run(surface, strategy, seed, budget, options=options) for seed in seeds]
+        log(f"{surface.name}: {label} {time.monotonic() - started:.0f} s")
+    comp = Comparison(surface, budget, cutoff, budget, random_curve(values, budget, surface.maximize), traces,
+                      list(seeds))
+    return summarise(comp)
+
+
+def family_means(summaries: Mapping[str, Mapping[str, Any]], families: Mapping[str, Sequence[str]],
+                 label: str, skip: str | None = None) -> float:
+    """Mean P-score of `label` over the families other than `skip`, each family the mean of its surfaces."""
+    per_family = [np.mean([summaries[s]["strategies"][label]["p_score"]["mean"] for s in surfaces])
+                  for family, surfaces in families.items() if family != skip]
+    return float(np.mean(per_family))
+
+
+def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per family: the variant chosen on the other families and the means it was chosen by."""
+    out = {}
+    for family in families:
+        train = {v: family_means(summaries, families, v, skip=family) for v in variants}
+        chosen = max(train, key=train.get)
+        out[family] = {"chosen": chosen, "training_means": train}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autotune.replay.heldout", description=__doc__.splitlines()[0])
+    parser.add_argument("--family", action="append", required=True, metavar="NAME=SURFACE,SURFACE",
+                        help="a kernel family and its surfaces (repeatable; at least two families)")
+    parser.add_argument("--variants", required=True, help="JSON file: name -> portfolio options")
+    parser.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
+                        help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--out", required=True, help="JSON record (the markdown tables go to stdout)")
+    args = parser.parse_args(argv)
+    _quiet_optuna(torch_threads=False)
+    families = {}
+    for item in args.family:
+        name, _, paths = item.partition("=")
+        families[name] = [p for p in paths.split(",") if p]
+    if len(families) < 2:
+        parser.error("leave-one-family-out needs at least two families")
+    variants = json.loads(Path(args.variants).read_text(encoding="utf-8"))
+    runs = {f"portfolio[{v}]": ("portfolio", {"portfolio": opts}) for v, opts in variants.items()}
+    runs.update({r: (r, None) for r in args.references.split(",") if r})
+    started = time.monotonic()
+    log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    summaries, names = {}, {}
+    for family, paths in families.items():
+        for path in paths:
+            surface = load_surface(path)
+            names.setdefault(family, []).append(surface.name)
+            summaries[surface.name] = replay_surface(surface, runs, range(args.seeds), log)
+    choice = held_out_choice(summaries, names, [f"portfolio[{v}]" for v in variants])
+    record = {"seeds": args.seeds, "families": names, "variants": variants, "held_out": choice,
+              "summaries": {k: _lean(v) for k, v in summaries.items()}, "wall_s": round(time.monotonic() - started)}
+    Path(args.out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    for family, c in choice.items():
+        print(f"\n### held out: {family} (variant chosen on the other families: {c['chosen']})\n")
+        order = [c["chosen"], *[r for r in runs if not r.startswith("portfolio[")]]
+        print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
+    print("\n### every variant on every surface\n")
+    print(comparison_markdown([summaries[s] for f in names for s in names[f]], list(runs)))
+    return 0
+
+
+def _only(summary: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """The summary with only `labels`, the paired verdicts recomputed among them."""
+    lean = dict(summary)
+    lean["strategies"] = {k: json.loads(json.dumps(v)) for k, v in summary["strategies"].items() if k in labels}
+    attach_paired(lean)
+    return lean
+
+
+def _lean(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary without its curves (the record keeps scores, not plots)."""
+    drop = ("mean_best", "ci95_low", "ci95_high", "share_curves")
+    out = {k: v for k, v in summary.items() if k != "random_baseline"}
+    out["strategies"] = {n: {k: v for k, v in s.items() if k not in drop} for n, s in summary["strategies"].items()}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
