@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
     print(render_tables(views))
     print(
-        "\nscore = w_decode*decode/baseline + w_prefill*prefill/baseline + w_recall*recall (DESIGN.md); "
+        "\nscore = w_decode*decode/baseline + w_prefill*prefill/baseline + w_recall*recall (README, \"Tuning\"); "
         "tok/s are medians of the best trial.\n'default' is what `autotune export` writes for that "
         "context: 'tuned' (the winner beat the baseline in confirmation) or 'baseline'."
     )

@@ -1,4 +1,4 @@
-"""The score of a benchmark result (DESIGN.md, "Metrics and objective").
+"""The score of a benchmark result (README, "Tuning").
 
     score = w_decode * decode / decode_baseline
           + w_prefill * prefill / prefill_baseline

@@ -267,7 +267,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%;}}</s
 <body><h1>xlstm-autotune report</h1>
 <p>Store: {html.escape(source)} &middot; {len(views)} studies &middot; written {stamp}.
 Score = w_decode&middot;decode/baseline + w_prefill&middot;prefill/baseline + w_recall&middot;recall
-(DESIGN.md), so each speed term is 1.0 at the baseline's speed; open markers fell below the recall floor.</p>
+(README, "Tuning"), so each speed term is 1.0 at the baseline's speed; open markers fell below the recall floor.</p>
 {summary_table(views)}
 {''.join(parts)}
 </body></html>

@@ -2,7 +2,7 @@
 
 Every key has a default except `[model] shape` and `[workload] contexts`. An unknown
 section or key, a wrong type or an out-of-range value is one `SpecError` naming the
-file, the key and the fix. The format is documented in the README (section `usage`).
+file, the key and the fix. The format is documented in the README, "The study spec".
 """
 
 from __future__ import annotations

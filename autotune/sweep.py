@@ -4,8 +4,8 @@ Each config runs `--repeats` times, each time in its own benchmark child (the sa
 `autotune.trials.run_benchmark` the tuner uses), in one shuffled order over all
 (config, repeat) pairs so that drift of the machine spreads evenly over the configs;
 the baseline's first run leads, since every score is relative to it.
-Every run's raw result is kept. The surface file (format in the README, section
-`replay`) gets, per config, one score sample per run, scored exactly as the tuner
+Every run's raw result is kept. The surface file (format in docs/strategies.md,
+"Surface files") gets, per config, one score sample per run, scored exactly as the tuner
 scores a trial: against the baseline (the built-in default config, measured like
 every other config) with the spec's objective weights.
 

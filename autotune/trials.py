@@ -2,7 +2,7 @@
 
 The child runs in its own session (so a Ctrl-C at the terminal never reaches it and a
 kill reaches everything it started), with stdin closed and a hard time limit. Its last
-stdout line is the result (schema in the README, section `bench`); when it dies without
+stdout line is the result (schema in docs/benchmark.md); when it dies without
 one, a result with error kind 'timeout' or 'crash' is synthesized so that callers always
 get the same shape.
 """

@@ -29,7 +29,7 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Knobs:
-    """The four scheduling knobs (see DESIGN.md, "The knobs, exactly")."""
+    """The four scheduling knobs (docs/schedulers.md, "The plan")."""
 
     workers: int
     heads_per_band: int

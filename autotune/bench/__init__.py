@@ -1,4 +1,4 @@
-"""The benchmark process: one config in, one JSON result line out (README, section `bench`)."""
+"""The benchmark process: one config in, one JSON result line out (docs/benchmark.md)."""
 
 from autotune.bench.config import BenchConfig
 from autotune.bench.errors import ERROR_KINDS, EXIT_CODES, InvalidConfig, NumericalError

@@ -1,6 +1,6 @@
 """Failure kinds of a benchmark run, and how an exception maps to one.
 
-The kinds are part of the result schema (README, section `bench`); the exit code of the
+The kinds are part of the result schema (docs/benchmark.md); the exit code of the
 benchmark process says the same thing to a shell.
 """
 

@@ -2,8 +2,8 @@
 
 Two documents become the same `Surface` (reading files: autotune.replay.loading):
 
-- this project's surface file (written by `autotune sweep`; format in the README,
-  section `replay`): `{"format": "autotune-surface", "schema_version": 1, "objective":
+- this project's surface file (written by `autotune sweep`; format in
+  docs/strategies.md, "Surface files"): `{"format": "autotune-surface", "schema_version": 1, "objective":
   {"name", "direction"}, "knobs": {knob: [values]}, "configs": [{"config", "samples",
   "error"}], ...}`;
 - Kernel Tuner cache files: `tune_params_keys`, `tune_params` and `cache`, each cache
