@@ -1,12 +1,12 @@
 """Leave-one-family-out evaluation of portfolio configurations on real surfaces.
 
-    python -m autotune.replay.heldout --family convolution=A.json.gz,B.json.gz \
-        --family gemm=C.json.gz,D.json.gz --family xlstm=studies/surfaces/cuda-350m-queued-L2048.json \
-        --variants VARIANTS.json --references random,bandit,boltzmann,regression,tpe,kt:pso \
-        --seeds 50 --out studies/records/replay-heldout.json
+    python -m autotune.replay.heldout run --family convolution=A.json.gz,B.json.gz \
+        --variants VARIANTS.json --references random,bandit,tpe,kt:pso --seeds 50 --out conv.json
+    python -m autotune.replay.heldout run --family gemm=C.json.gz,D.json.gz ... --out gemm.json
+    python -m autotune.replay.heldout report conv.json gemm.json xlstm.json
 
 VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...});
-the name "default" is the shipped configuration. Every variant and reference strategy is
+every part must use the same variants and references (parts may run in parallel). Every variant and reference strategy is
 replayed on every surface for the seeds 0..N-1 (paired: a seed fixes the start config
 and the noise), each run up to the surface's budget, and scored by its P-score.
 
@@ -35,18 +35,18 @@ from autotune.replay.surface import Surface
 
 
 def replay_surface(surface: Surface, runs: Mapping[str, tuple[str, dict | None]], seeds: Sequence[int],
-                   log=lambda line: None) -> dict[str, Any]:
+                   log=lambda line: None, done=lambda summary: None) -> dict[str, Any]:
     """The summary (autotune.replay.report) of each labelled (strategy, options) on the
-    surface, every run stopping at the budget."""
+    surface, every run stopping at the budget; `done` gets the summary so far after each label."""
     values = surface.filled_values()
     budget, cutoff = budget_for(values, surface.maximize)
-    traces = {}
+    comp = Comparison(surface, budget, cutoff, budget, random_curve(values, budget, surface.maximize), {},
+                      list(seeds))
     for label, (strategy, options) in runs.items():
         started = time.monotonic()
-        traces[label] = [replay_run(surface, strategy, seed, budget, options=options) for seed in seeds]
+        comp.traces[label] = [replay_run(surface, strategy, seed, budget, options=options) for seed in seeds]
         log(f"{surface.name}: {label} {time.monotonic() - started:.0f} s")
-    comp = Comparison(surface, budget, cutoff, budget, random_curve(values, budget, surface.maximize), traces,
-                      list(seeds))
+        done(summarise(comp))
     return summarise(comp)
 
 
@@ -68,45 +68,79 @@ def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, d
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autotune.replay.heldout", description=__doc__.splitlines()[0])
-    parser.add_argument("--family", action="append", required=True, metavar="NAME=SURFACE,SURFACE",
-                        help="a kernel family and its surfaces (repeatable; at least two families)")
-    parser.add_argument("--variants", required=True, help="JSON file: name -> portfolio options")
-    parser.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
-                        help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
-    parser.add_argument("--seeds", type=int, default=50)
-    parser.add_argument("--out", required=True, help="JSON record (the markdown tables go to stdout)")
-    args = parser.parse_args(argv)
-    _quiet_optuna(torch_threads=False)
-    families = {}
+def replay_families(args: argparse.Namespace) -> int:
+    """`run`: replay the variants and references on each family's surfaces; write the summaries."""
+    families: dict[str, list[str]] = {}
     for item in args.family:
         name, _, paths = item.partition("=")
         families[name] = [p for p in paths.split(",") if p]
-    if len(families) < 2:
-        parser.error("leave-one-family-out needs at least two families")
     variants = json.loads(Path(args.variants).read_text(encoding="utf-8"))
     runs = {f"portfolio[{v}]": ("portfolio", {"portfolio": opts}) for v, opts in variants.items()}
     runs.update({r: (r, None) for r in args.references.split(",") if r})
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
-    summaries, names = {}, {}
+    summaries: dict[str, Any] = {}
+    names: dict[str, list[str]] = {}
+
+    def write(surface_name: str, summary: dict[str, Any]) -> None:  # after every label: a partial record
+        summaries[surface_name] = _lean(summary)
+        record = {"seeds": args.seeds, "families": names, "variants": variants, "runs": list(runs),
+                  "summaries": summaries, "wall_s": round(time.monotonic() - started)}
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
     for family, paths in families.items():
         for path in paths:
             surface = load_surface(path)
             names.setdefault(family, []).append(surface.name)
-            summaries[surface.name] = replay_surface(surface, runs, range(args.seeds), log)
-    choice = held_out_choice(summaries, names, [f"portfolio[{v}]" for v in variants])
-    record = {"seeds": args.seeds, "families": names, "variants": variants, "held_out": choice,
-              "summaries": {k: _lean(v) for k, v in summaries.items()}, "wall_s": round(time.monotonic() - started)}
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    for family, c in choice.items():
-        print(f"\n### held out: {family} (variant chosen on the other families: {c['chosen']})\n")
-        order = [c["chosen"], *[r for r in runs if not r.startswith("portfolio[")]]
-        print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
-    print("\n### every variant on every surface\n")
-    print(comparison_markdown([summaries[s] for f in names for s in names[f]], list(runs)))
+            replay_surface(surface, runs, range(args.seeds), log, done=lambda s, n=surface.name: write(n, s))
     return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """`report`: merge the parts, choose a variant per held-out family, print the tables."""
+    parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
+    names: dict[str, list[str]] = {}
+    summaries: dict[str, Any] = {}
+    for part in parts:
+        for family, surfaces in part["families"].items():
+            names.setdefault(family, []).extend(surfaces)
+        summaries.update(part["summaries"])
+    if len(names) < 2:
+        raise SystemExit("leave-one-family-out needs at least two families")
+    variants = [f"portfolio[{v}]" for v in parts[0]["variants"]]
+    references = list(dict.fromkeys(r for part in parts for r in part["runs"] if r not in variants))
+    choice = held_out_choice(summaries, names, variants)
+    for family, c in choice.items():
+        print(f"\n### Held out: {family} (the variant chosen on the other families: {c['chosen']})\n")
+        order = [c["chosen"], *references]
+        print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
+    everywhere = {v: family_means(summaries, names, v) for v in variants}
+    print("\n### Every variant on every surface (training means over all families: "
+          + ", ".join(f"{v} {m:.3f}" for v, m in everywhere.items()) + ")\n")
+    print(comparison_markdown([summaries[s] for f in names for s in names[f]], [*variants, *references]))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"held_out": choice, "all_families": everywhere}, indent=1) + "\n",
+                                  encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autotune.replay.heldout", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="replay variants and references on families of surfaces")
+    run.add_argument("--family", action="append", required=True, metavar="NAME=SURFACE,SURFACE",
+                     help="a kernel family and its surfaces (repeatable)")
+    run.add_argument("--variants", required=True, help="JSON file: name -> portfolio options")
+    run.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
+                     help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
+    run.add_argument("--seeds", type=int, default=50)
+    run.add_argument("--out", required=True, help="JSON file of the summaries")
+    rep = sub.add_parser("report", help="leave-one-family-out tables from the parts `run` wrote")
+    rep.add_argument("parts", nargs="+")
+    rep.add_argument("--out", default=None, help="JSON file of the choices")
+    args = parser.parse_args(argv)
+    _quiet_optuna(torch_threads=False)
+    return replay_families(args) if args.command == "run" else report(args)
 
 
 def _only(summary: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
