@@ -171,6 +171,14 @@ class History:
         self._utility_cache = (self.version, u)
         return u
 
+    def since_improvement(self) -> int:
+        """Finished trials since the last one that beat every earlier result."""
+        best, last = -math.inf, 0
+        for n, event in enumerate(self.events, start=1):
+            if event.value is not None and event.value > best:
+                best, last = event.value, n
+        return len(self.events) - last
+
     def best_value(self) -> float | None:
         idx = self.measured
         return float(np.max(self.values()[idx])) if len(idx) else None

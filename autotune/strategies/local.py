@@ -13,8 +13,6 @@ likely failures are avoided and the rest are ranked by a Boltzmann-style predict
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from autotune.space import DiscreteSpace
@@ -22,15 +20,6 @@ from autotune.strategies.base import Proposal, Strategy
 from autotune.strategies.boltzmann import predicted_utility
 from autotune.strategies.feasibility import likely_feasible
 from autotune.strategies.history import History
-
-
-def since_improvement(history: History) -> int:
-    """Finished trials since the last one that beat every earlier result."""
-    best, last = -math.inf, 0
-    for n, event in enumerate(history.events, start=1):
-        if event.value is not None and event.value > best:
-            best, last = event.value, n
-    return len(history.events) - last
 
 
 class LocalStrategy(Strategy):
@@ -46,7 +35,7 @@ class LocalStrategy(Strategy):
         measured = history.measured
         order = measured[np.argsort(-history.values()[measured], kind="stable")]
         elites = list(order[: self.elite])
-        if len(elites) > 1 and since_improvement(history) >= self.patience:
+        if len(elites) > 1 and history.since_improvement() >= self.patience:
             first = elites[1 + int(self.rng.integers(len(elites) - 1))]  # move off the stuck basin
             elites.remove(first)
             elites.insert(0, first)
