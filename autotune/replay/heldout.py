@@ -5,9 +5,10 @@
     python -m autotune.replay.heldout run --family gemm=C.json.gz,D.json.gz ... --out gemm.json
     python -m autotune.replay.heldout report conv.json gemm.json xlstm.json
 
-VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...});
-every part must use the same variants and references (parts may run in parallel). Every variant and reference strategy is
-replayed on every surface for the seeds 0..N-1 (paired: a seed fixes the start config
+VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...}).
+Parts may run in parallel; a variant competes only if every part replayed it, and a
+reference strategy is shown where it ran. Every variant and reference strategy of a part
+is replayed on its surfaces for the seeds 0..N-1 (paired: a seed fixes the start config
 and the noise), each run up to the surface's budget, and scored by its P-score.
 
 Held out: for each family F, the variant with the best mean P-score over the OTHER
@@ -107,8 +108,10 @@ def report(args: argparse.Namespace) -> int:
         summaries.update(part["summaries"])
     if len(names) < 2:
         raise SystemExit("leave-one-family-out needs at least two families")
-    variants = [f"portfolio[{v}]" for v in parts[0]["variants"]]
-    references = list(dict.fromkeys(r for part in parts for r in part["runs"] if r not in variants))
+    # a variant competes where every part replayed it; references are shown where they ran
+    variants = [f"portfolio[{v}]" for v in parts[0]["variants"] if all(v in part["variants"] for part in parts)]
+    labels = list(dict.fromkeys(r for part in parts for r in part["runs"]))
+    references = [r for r in labels if not r.startswith("portfolio[")]
     choice = held_out_choice(summaries, names, variants)
     for family, c in choice.items():
         print(f"\n### Held out: {family} (the variant chosen on the other families: {c['chosen']})\n")
@@ -117,7 +120,7 @@ def report(args: argparse.Namespace) -> int:
     everywhere = {v: family_means(summaries, names, v) for v in variants}
     print("\n### Every variant on every surface (training means over all families: "
           + ", ".join(f"{v} {m:.3f}" for v, m in everywhere.items()) + ")\n")
-    print(comparison_markdown([summaries[s] for f in names for s in names[f]], [*variants, *references]))
+    print(comparison_markdown([summaries[s] for f in names for s in names[f]], labels))
     if args.out:
         Path(args.out).write_text(json.dumps({"held_out": choice, "all_families": everywhere}, indent=1) + "\n",
                                   encoding="utf-8")
