@@ -15,7 +15,9 @@ revisit; the trace is built from the order of first visits in Kernel Tuner's res
 their own count (dual_annealing hands max_fevals to scipy as `maxfun`, which counts
 revisits too): such a run is restarted (seeded anew) with the evaluations left, its
 configs already visited free, until N unique evaluations or MAX_RESTARTS restarts, as a
-run of this project's strategies goes on until its budget. A config that fails counts as
+run of this project's strategies goes on until its budget (a restart that lets Kernel
+Tuner's end-of-budget exception escape, as simulated annealing does with one evaluation
+left, ends the run: the runs are then shorter by that evaluation and keep their best). A config that fails counts as
 the surface's worst value. Noise: each seed writes the cache with one recorded sample per
 config drawn from that seed's noise stream, as a first visit in replay returns one
 sample. Seeding: Kernel Tuner's strategies draw from Python's `random` and numpy's global
@@ -106,6 +108,8 @@ def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) 
     """Config indices in the order Kernel Tuner's `strategy` first visited them (at most
     max_evals, restarts included), and the wall time of its runs in seconds."""
     kernel_tuner = require_kernel_tuner()
+    from kernel_tuner.util import StopCriterionReached
+
     keys = list(surface.knobs)
     index_of = {config_key(c, keys): i for i, c in enumerate(surface.configs)}
     max_evals = min(max_evals, len(surface))
@@ -121,13 +125,17 @@ def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) 
         cache.write_text(json.dumps(cache_document(surface, seed)), encoding="utf-8")
         for restart in range(MAX_RESTARTS + 1):
             started = time.perf_counter()
-            with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None):
-                results, _ = kernel_tuner.tune_kernel(
-                    _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
-                    cache=str(cache), strategy=strategy, strategy_options={"max_fevals": max_evals - len(order)},
-                    restrictions=in_cache, objective="time", objective_higher_is_better=surface.maximize,
-                    quiet=True, verbose=False)
-            wall += time.perf_counter() - started
+            try:
+                with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None):
+                    results, _ = kernel_tuner.tune_kernel(
+                        _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
+                        cache=str(cache), strategy=strategy, strategy_options={"max_fevals": max_evals - len(order)},
+                        restrictions=in_cache, objective="time", objective_higher_is_better=surface.maximize,
+                        quiet=True, verbose=False)
+            except StopCriterionReached:  # a strategy that lets its budget's end escape (SA at 1 left)
+                break
+            finally:
+                wall += time.perf_counter() - started
             for result in results:
                 index = index_of.get(config_key(result, keys))
                 if index is not None and index not in seen:

@@ -9,7 +9,9 @@ by exp(-steps / (bandwidth * span)), categorical ones by exp(-1 / bandwidth) for
 other value. A proposal draws `candidates` free configs with probability proportional to
 the good density and takes the one with the highest good/bad ratio (TPE's acquisition),
 among those the feasibility model does not expect to fail. A warm start's ranking
-(History.prior) adds its best `gamma` fraction, not yet observed here, to the good set.
+(History.prior) adds its best `gamma` fraction, not yet observed here, to the good set
+while the study has observed fewer than `prior_trials` configs: after that its own
+measurements decide (a ranking from a partial or different machine must not hold it).
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ class ParzenStrategy(Strategy):
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, gamma: float = 0.2,
                  bandwidth: float = 0.3, prior_weight: float = 1.0, candidates: int = 24,
-                 max_good: int = 25, max_bad: int = 100, max_pool: int = 3000):
+                 max_good: int = 25, max_bad: int = 100, max_pool: int = 3000, prior_trials: int = 10):
         super().__init__(space, rng)
         self.gamma, self.prior_weight, self.candidates = gamma, prior_weight, candidates
         self.max_good, self.max_bad, self.max_pool = max_good, max_bad, max_pool
+        self.prior_trials = prior_trials
         self.tables = kernel_tables(space, bandwidth)
         self.log_uniform = -float(np.sum(np.log(space.sizes.astype(np.float64))))
 
@@ -62,7 +65,7 @@ class ParzenStrategy(Strategy):
 
     def propose(self, history: History) -> Proposal:
         seen = history.observed
-        prior = history.prior if history.prior is not None else np.zeros(0, dtype=np.int64)
+        prior = history.prior if history.prior is not None and len(seen) < self.prior_trials else np.zeros(0, np.int64)
         prior = prior[: max(1, math.ceil(self.gamma * len(prior)))]
         prior = prior[~np.isin(prior, seen)]
         if len(seen) + len(prior) < 2:
