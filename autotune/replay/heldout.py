@@ -6,8 +6,8 @@
     python -m autotune.replay.heldout report conv.json gemm.json xlstm.json
 
 VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...}).
-Parts may run in parallel; a variant competes only if every part replayed it, and a
-reference strategy is shown where it ran. Every variant and reference strategy of a part
+Parts may run in parallel and may split a surface's labels; a variant competes only
+where every surface has it, and a reference strategy is shown where it ran. Every variant and reference strategy of a part
 is replayed on its surfaces for the seeds 0..N-1 (paired: a seed fixes the start config
 and the noise), each run up to the surface's budget, and scored by its P-score.
 
@@ -102,15 +102,21 @@ def report(args: argparse.Namespace) -> int:
     parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
     names: dict[str, list[str]] = {}
     summaries: dict[str, Any] = {}
-    for part in parts:
+    for part in parts:  # parts may split a surface's labels: their strategies merge
         for family, surfaces in part["families"].items():
-            names.setdefault(family, []).extend(surfaces)
-        summaries.update(part["summaries"])
+            names.setdefault(family, [])
+            names[family].extend(s for s in surfaces if s not in names[family])
+        for surface, summary in part["summaries"].items():
+            if surface in summaries:
+                summaries[surface]["strategies"].update(summary["strategies"])
+                attach_paired(summaries[surface])
+            else:
+                summaries[surface] = summary
     if len(names) < 2:
         raise SystemExit("leave-one-family-out needs at least two families")
-    # a variant competes where every part replayed it; references are shown where they ran
-    variants = [f"portfolio[{v}]" for v in parts[0]["variants"] if all(v in part["variants"] for part in parts)]
+    # a variant competes where every surface has it; references are shown where they ran
     labels = list(dict.fromkeys(r for part in parts for r in part["runs"]))
+    variants = [v for v in labels if v.startswith("portfolio[") and all(v in s["strategies"] for s in summaries.values())]
     references = [r for r in labels if not r.startswith("portfolio[")]
     choice = held_out_choice(summaries, names, variants)
     for family, c in choice.items():
