@@ -33,6 +33,7 @@ import json
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,7 +127,11 @@ def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) 
         for restart in range(MAX_RESTARTS + 1):
             started = time.perf_counter()
             try:
-                with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None):
+                # Kernel Tuner's per-run warnings (no thread block dimensions among the knobs,
+                # scipy's overflow in annealing) say nothing about the replay
+                with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None), \
+                        warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     results, _ = kernel_tuner.tune_kernel(
                         _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
                         cache=str(cache), strategy=strategy, strategy_options={"max_fevals": max_evals - len(order)},
