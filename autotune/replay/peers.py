@@ -17,7 +17,11 @@ revisits too): such a run is restarted (seeded anew) with the evaluations left, 
 configs already visited free, until N unique evaluations or MAX_RESTARTS restarts, as a
 run of this project's strategies goes on until its budget (a restart that lets Kernel
 Tuner's end-of-budget exception escape, as simulated annealing does with one evaluation
-left, ends the run: the runs are then shorter by that evaluation and keep their best). A config that fails counts as
+left, ends the run: the runs are then shorter by that evaluation and keep their best).
+A run that goes on revisiting without spending its budget (Kernel Tuner's GA on a small
+space breeds configs it has seen, which cost nothing) is stopped after RUN_LIMIT_S
+seconds and keeps what it visited, as replay stops a sampler after 50 asks in a row
+that cost nothing. A config that fails counts as
 the surface's worst value. Noise: each seed writes the cache with one recorded sample per
 config drawn from that seed's noise stream, as a first visit in replay returns one
 sample. Seeding: Kernel Tuner's strategies draw from Python's `random` and numpy's global
@@ -46,6 +50,9 @@ KT_EXTRA_HINT = "pip install 'xlstm-autotune[peers]'"
 KT_NOISE_STREAM = 0x5EED  # the same stream replay's first visits draw from
 _KT_NAME = "replay"  # kernel and device name of the temporary cache
 MAX_RESTARTS = 20  # restarts of a run that stopped short of its unique evaluations
+# A Kernel Tuner run that revisits forever (a GA on a small space breeds only configs it
+# has seen, which cost nothing) is stopped after this long, keeping what it visited
+RUN_LIMIT_S = 30.0
 
 
 class PeerUnavailable(RuntimeError):
@@ -93,6 +100,29 @@ def cache_document(surface: Surface, seed: int) -> dict:
 
 
 @contextlib.contextmanager
+def time_limit(seconds: float, stop: type[BaseException]) -> Iterator[None]:
+    """Raise `stop` inside the block after `seconds` (main thread: SIGALRM; elsewhere no limit).
+    Kernel Tuner's strategies catch their StopCriterionReached and return what they ran."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise stop(f"stopped after {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
 def seeded_global_random(seed: int) -> Iterator[None]:
     """Seed Python's and numpy's global generators, restoring both afterwards."""
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -130,7 +160,7 @@ def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) 
                 # Kernel Tuner's per-run warnings (no thread block dimensions among the knobs,
                 # scipy's overflow in annealing) say nothing about the replay
                 with seeded_global_random(seed + 1_000_003 * restart), contextlib.redirect_stdout(None), \
-                        warnings.catch_warnings():
+                        warnings.catch_warnings(), time_limit(RUN_LIMIT_S, StopCriterionReached):
                     warnings.simplefilter("ignore")
                     results, _ = kernel_tuner.tune_kernel(
                         _KT_NAME, "", [1], [], {k: list(v) for k, v in surface.knobs.items()}, simulation_mode=True,
@@ -146,6 +176,6 @@ def kt_first_visits(surface: Surface, strategy: str, seed: int, max_evals: int) 
                 if index is not None and index not in seen:
                     seen.add(index)
                     order.append(index)
-            if len(order) >= max_evals:
-                break
+            if len(order) >= max_evals or time.perf_counter() - started >= RUN_LIMIT_S:
+                break  # the budget is spent, or the run was stopped: no restart
     return order[:max_evals], wall
