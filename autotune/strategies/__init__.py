@@ -31,7 +31,7 @@ from autotune.strategies.regression import RegressionStrategy
 DEFAULT_STRATEGY = "portfolio"
 # The default portfolio, chosen leave-one-family-out on real surfaces (docs/strategies.md,
 # studies/records/replay-heldout.md): the meta-bandit's choices after the warm-up
-PORTFOLIO_MEMBERS = ("boltzmann", "bandit", "parzen", "local")
+PORTFOLIO_MEMBERS = ("boltzmann", "bandit", "parzen", "regression")
 PORTFOLIO_PRIOR: dict[str, float] = {}  # no initial credit: each member proposes once, then credit decides
 PORTFOLIO_WARMUP = "bandit"  # proposes the first trials (the warm-up)
 PORTFOLIO_WARMUP_TRIALS = 8

@@ -10,10 +10,9 @@ trials leave the models little room after a full warm-up.
 After that, for every trial, an area-under-curve meta-bandit after OpenTuner's picks the
 member of the pool that proposes it. The default pool (autotune.strategies) mixes
 kinds of model so that one seed does not depend on one: Boltzmann (kernel regression,
-interaction-aware), the bandit (per-value arms, additive), Parzen (TPE over whole
-configs, interaction-aware, with a feasibility model) and the local search (the
-neighbourhood of the best configs with restarts, which finds values that only pay off in
-the optimum's context).
+interaction-aware), the bandit (per-value arms), Parzen (TPE over whole configs,
+interaction-aware, with a feasibility model) and the regression (Bayesian additive
+model, Thompson sampling).
 
 Credit: a member's recent uses (the last `window`, 10, over the pool) form a sequence of
 credits, weighted so later uses count more; its score is that AUC plus an exploration
