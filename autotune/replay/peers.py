@@ -25,7 +25,9 @@ that cost nothing. A config that fails counts as
 the surface's worst value. Noise: each seed writes the cache with one recorded sample per
 config drawn from that seed's noise stream, as a first visit in replay returns one
 sample. Seeding: Kernel Tuner's strategies draw from Python's `random` and numpy's global
-state; both are seeded from the replay seed and restored afterwards.
+state; both are seeded from the replay seed and restored afterwards. The strategies
+pick their own first configs: the seed's shared start config (autotune.replay.runner)
+does not apply to them.
 
 Kernel Tuner is an optional extra: `pip install 'xlstm-autotune[peers]'`.
 """
