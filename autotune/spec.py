@@ -19,7 +19,7 @@ DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 BACKENDS = ("sequential", "queued", "ray")
 DTYPES = ("float32", "bfloat16")
-STRATEGIES = ("portfolio", "random", "genetic", "bandit", "boltzmann", "regression")
+STRATEGIES = ("portfolio", "random", "genetic", "bandit", "boltzmann", "regression", "local", "parzen")
 DEFAULT_SPACE = {
     "workers": [1, 2, 4, 8],
     "heads_per_band": [1, 2, 4, 8],
