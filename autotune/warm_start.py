@@ -26,6 +26,8 @@ from optuna.trial import TrialState
 
 from autotune.space import DiscreteSpace
 from autotune.strategies.history import WARM_START_ATTR
+from autotune.views import parse_study_name
+
 DEFAULT_TOP = 3  # configs of the ranking measured first
 MAX_RANKING = 100  # configs of the ranking kept as the prior
 
@@ -87,6 +89,24 @@ def load_ranking(source: str | Path | optuna.Study | Sequence[Mapping[str, Any]]
     if not isinstance(doc, dict) or "entries" not in doc:
         raise WarmStartError(f"{path} is not an `autotune export` file (no 'entries'); write one with `autotune export`")
     return ranking_from_export(doc, context)
+
+
+def study_in_store(url: str, name: str) -> str:
+    """The study of the store at `url` that seeds the study `name`: the newest of the same
+    shape, device kind and backends (another machine's study of the same spec has the same
+    name), at `name`'s context length or else the nearest one (log scale)."""
+    try:
+        names = optuna.study.get_all_study_names(url)
+    except Exception as exc:  # noqa: BLE001  an unreachable or foreign store, named in the message
+        raise WarmStartError(f"cannot read the store {url}: {exc}") from None
+    want = parse_study_name(name)
+    keys = [(key, n) for n in names if (key := parse_study_name(n)) is not None and want is not None
+            and key.family[:3] == want.family[:3]]
+    if not keys:
+        raise WarmStartError(f"the store {url} has no study of {name.rpartition('/L')[0]}; "
+                             f"it holds {', '.join(names[:10]) or 'none'}")
+    distance = lambda key: abs(math.log2(key.context) - math.log2(want.context))  # noqa: E731
+    return max(keys, key=lambda kn: (-distance(kn[0]), kn[0].generation))[1]
 
 
 def _held(study: optuna.Study, space: DiscreteSpace | None) -> set[tuple]:
