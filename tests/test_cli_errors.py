@@ -154,7 +154,7 @@ def without_ray(monkeypatch):
 
 
 def test_the_ray_backend_without_ray_names_the_extra(tmp_path, capsys, without_ray):
-    from autotune.bench.config import BenchConfig
+    from autotune.bench.config import BenchRequest
     from autotune.bench.errors import InvalidConfig
     from schedulers import Knobs, make_scheduler
 
@@ -165,7 +165,7 @@ def test_the_ray_backend_without_ray_names_the_extra(tmp_path, capsys, without_r
     err = _one_line_error(capsys)
     assert "[model] backends: the ray backend needs Ray, which is not installed" in err and extra in err
     with pytest.raises(InvalidConfig, match=r"backend: the ray backend needs Ray.*xlstm-autotune\[ray\]"):
-        BenchConfig.from_dict({"shape": "tiny", "backend": "ray"})
+        BenchRequest.from_dict({"shape": "tiny", "backend": "ray"})
     with pytest.raises(ValueError, match=r"xlstm-autotune\[ray\]"):
         make_scheduler("ray", Knobs(workers=1, heads_per_band=4, chunk_size=16, T_inner=16))
-    assert BenchConfig.from_dict({"shape": "tiny", "backend": "queued"}).backend == "queued"
+    assert BenchRequest.from_dict({"shape": "tiny", "backend": "queued"}).backend == "queued"
