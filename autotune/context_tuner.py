@@ -43,6 +43,7 @@ class TuneOptions:
     lease_s: float = STALE_AFTER_S  # shared stores: a heartbeat older than this is a dead worker
     confirm: bool = True  # False: search only (--skip-confirmation)
     process: str | None = None  # "warm" | "fresh" (--process); None: the spec's [trials] process
+    warm_start: str | None = None  # --warm-start: an export file or store URL whose ranking seeds each study
 
     @property
     def heartbeat_s(self) -> float:
@@ -61,7 +62,8 @@ class ContextTuner:
         self.process = options.process or spec.trials.process
         self.session = StudySession(spec, context, storage=storage, location=location, device_kind=device_kind,
                                     fingerprint=fingerprint, locks=locks or NamedLocks(None),
-                                    lease_s=options.lease_s, new_study=options.new_study, seed=options.seed)
+                                    lease_s=options.lease_s, new_study=options.new_study, seed=options.seed,
+                                    warm_start=options.warm_start)
         self.result = ContextResult(context)
 
     def _note(self, text: str) -> None:

@@ -1,4 +1,5 @@
-"""The names every layer agrees on: scheduling knobs, kernel knobs, backends, dtypes.
+"""The names every layer agrees on: scheduling knobs, kernel knobs, backends, dtypes,
+strategies.
 
 Torch-free, so that reading a spec or a store never imports torch. The schedulers
 implement exactly these (tests/test_records.py holds them equal to
@@ -13,6 +14,8 @@ KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 KERNEL_KNOBS = ("sub_chunk", "output_warps", "rows_max_k", "step_tile")
 BACKENDS = ("sequential", "queued", "ray")
 DTYPES = ("float32", "bfloat16")
+# autotune.strategies builds exactly these (tests/test_strategies.py holds them equal)
+STRATEGIES = ("portfolio", "random", "genetic", "bandit", "boltzmann", "regression", "local", "parzen")
 
 
 def torch_dtype(name: str):

@@ -25,13 +25,15 @@ from autotune.records import TrialRecord
 from autotune.spec import StudySpec
 from autotune.store import OpenedStudy, StorageURL, open_study, recover_stale_trials, study_name
 from autotune.tune_output import fmt_config, say
+from autotune.warm_start import WarmStartError, seed_study, study_in_store
 
 
 class StudySession:
     def __init__(self, spec: StudySpec, context: int, *, storage, location: StorageURL, device_kind: str,
                  fingerprint: dict[str, str], locks: NamedLocks, lease_s: float, new_study: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, warm_start: str | None = None):
         self.spec, self.context = spec, context
+        self.warm_start = warm_start  # an export file or store URL whose ranking seeds the study
         self.storage, self.location = storage, location
         self.device_kind, self.fingerprint = device_kind, fingerprint
         self.locks, self.lease_s, self.new_study, self.seed = locks, lease_s, new_study, seed
@@ -139,7 +141,21 @@ class StudySession:
         self.load_baseline()
         with self.locks.hold(self.lock_name):
             self.ensure_baseline_queued()
+            if self.warm_start is not None:
+                self._seed_from(self.warm_start)
         return self.study
+
+    def _seed_from(self, source: str) -> None:
+        """Queue the best configs of another study (after the baseline) and keep its ranking as
+        the strategies' prior; a resumed study gets none of them twice."""
+        try:
+            name = study_in_store(source, self.study.study_name) if "://" in source else None
+            queued = seed_study(self.study, source, space=self.space, study_name=name, context=self.context)
+        except WarmStartError as exc:
+            raise UserError(f"--warm-start: {exc}") from None
+        if queued:
+            say(f"L{self.context}: warm start from {name or source}: measuring first "
+                + "; ".join(fmt_config(c) for c in queued))
 
     # -- baseline ------------------------------------------------------------
     def load_baseline(self) -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import UserError
-from autotune.names import BACKENDS, DTYPES, KERNEL_KNOBS, KNOBS  # noqa: F401  (one source, re-exported)
+from autotune.names import BACKENDS, DTYPES, KERNEL_KNOBS, KNOBS, STRATEGIES  # noqa: F401  (one source, re-exported)
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 PROCESSES = ("warm", "fresh")  # [trials] process: what measures the trials
-STRATEGIES = ("portfolio", "random", "genetic", "bandit", "boltzmann", "regression")
 DEFAULT_SPACE = {
     "workers": [1, 2, 4, 8],
     "heads_per_band": [1, 2, 4, 8],

@@ -81,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--process", choices=PROCESSES, metavar="warm|fresh",
                         help="what measures the trials: one warm worker per GPU slot that keeps the model and "
                              "kernels loaded, or a fresh benchmark process per trial (overrides [trials] process)")
+    parser.add_argument("--warm-start", metavar="EXPORT_OR_URL",
+                        help="seed each study with another study's ranking: an `autotune export` file, or a store "
+                             "URL (its study of the same name, else the same shape and backends at the nearest "
+                             "context); its best configs are measured first and its ranking is the strategies' prior")
     parser.add_argument("--lease", type=_positive_float, default=STALE_AFTER_S, metavar="SECONDS",
                         help="on a shared store (PostgreSQL), a running trial whose worker sent no heartbeat "
                              f"for this long is taken as cut off, failed and queued again (default {STALE_AFTER_S:.0f}); "
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         lease_s=args.lease,
         confirm=not args.skip_confirmation,
         process=args.process,
+        warm_start=args.warm_start,
     )
     return tune(spec, options)
 

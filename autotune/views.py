@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autotune.objective import median
+from autotune.names import KNOBS
 from autotune.spec import DEFAULT_STORAGE
 
-KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
 _NAME = re.compile(
     r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:/B(?P<batch>\d+))?"

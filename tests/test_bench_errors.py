@@ -205,8 +205,11 @@ def test_the_time_limit_holds_between_warm_up_passes(monkeypatch):
     monkeypatch.setattr(m, "settles_over_passes", lambda config, device: True)
     config = BenchRequest.from_dict({**TINY, "context": 2048, "repeats": 1000, "time_limit_s": 5})
     progress = Progress()
-    with pytest.raises(BenchTimeout, match="1001 timed prefill"):
-        m.measure(config, progress)
+    try:
+        with pytest.raises(BenchTimeout, match="1001 timed prefill"):
+            m.measure(config, progress)
+    finally:
+        progress.cleanup()  # as the benchmark does: the scheduler's threads go
     assert calls == [("warmup", 1001)]  # before the second warm-up pass, not after the warm-up
     assert time.perf_counter() - progress.started < config.time_limit_s
 

@@ -24,6 +24,7 @@ from autotune.replay import (
 )
 from autotune.replay.surface import Surface, SurfaceError
 from autotune.space import SearchSpace
+from autotune.strategies import STRATEGY_NAMES
 
 VALUES = {"workers": [1, 2, 4], "heads_per_band": [1, 2, 4], "chunk_size": [16, 32, 64], "T_inner": [4, 8, 16]}
 
@@ -138,7 +139,7 @@ def test_comparison_summary_has_the_documented_keys():
         assert set(s["reach"]["within_5pct"]) == {"10", "25", "50", "100"}
         assert s["ms_per_proposal"] > 0
         assert len(s["mean_best"]) == comp.horizon
-    assert set(summary["strategies"]["portfolio"]["shares"]) <= {"genetic", "bandit", "boltzmann", "regression"}
+    assert set(summary["strategies"]["portfolio"]["shares"]) <= {"start", *STRATEGY_NAMES}
 
 
 SHIPPED_SURFACES = sorted((Path(__file__).parent.parent / "studies" / "surfaces").glob("*.json"))
@@ -186,7 +187,7 @@ def test_a_shipped_sweep_journal_still_resumes(path):
 
 @pytest.mark.parametrize("path", SWEEPS_IN_PROGRESS, ids=lambda p: p.name)
 def test_a_shipped_sweep_journal_replays_once_its_baseline_has_run(path):
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.sweep import read_journal
 
     from autotune.defaults import KNOBS, builtin_default
@@ -252,6 +253,22 @@ def test_kernel_tuner_cache_parsing(tmp_path, closed):
     assert surface.meta["device_name"] == "Test GPU"
     trace = replay_run(surface, "portfolio", seed=0, max_evals=10)
     assert trace.evaluations == 4 and trace.best[-1] == 1.5
+
+
+def test_a_gzipped_kernel_tuner_cache_reads_as_the_plain_one(tmp_path):
+    import gzip
+
+    plain, packed = tmp_path / "cache.json", tmp_path / "cache.json.gz"
+    plain.write_text(kernel_tuner_cache(True))
+    with gzip.open(packed, "wt", encoding="utf-8") as handle:
+        handle.write(kernel_tuner_cache(True))
+    a, b = load_surface(plain), load_surface(packed)
+    assert b.name == "cache" and b.source == "kernel_tuner"
+    assert a.configs == b.configs and np.array_equal(a.true_values, b.true_values, equal_nan=True)
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(SurfaceError, match="cannot read"):
+        load_surface(broken)
 
 
 def test_not_a_surface_is_one_clear_error(tmp_path):
@@ -384,7 +401,7 @@ def test_sweep_resumes_from_its_journal(tmp_path):
 def test_a_sweep_resumes_after_search_settings_change_but_not_after_its_limits_do(tmp_path):
     import dataclasses
 
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.spec import SearchSpec
     from autotune.sweep import Journal, journal_header, sweep_space
 
@@ -407,7 +424,7 @@ def test_a_sweep_resumes_after_search_settings_change_but_not_after_its_limits_d
 
 
 def test_a_sweep_journal_of_another_machine_is_refused_before_any_run(tmp_path):
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.sweep import Journal, journal_header, sweep, sweep_space
 
     spec, out, cmd = fake_sweep(tmp_path)
@@ -429,7 +446,7 @@ def test_a_sweep_journal_of_another_machine_is_refused_before_any_run(tmp_path):
 def test_a_sweep_whose_baseline_cannot_run_stops_after_the_baselines_runs(tmp_path):
     import sys
 
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.sweep import sweep
 
     spec, out, _ = fake_sweep(tmp_path)
@@ -445,7 +462,7 @@ def test_a_sweep_whose_baseline_cannot_run_stops_after_the_baselines_runs(tmp_pa
 
 
 def test_a_sweep_in_progress_replays_on_the_configs_it_has_measured(tmp_path):
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.sweep import Journal, journal_header, sweep, sweep_space
 
     spec, out, cmd = fake_sweep(tmp_path)
@@ -476,7 +493,7 @@ def test_a_sweep_in_progress_replays_on_the_configs_it_has_measured(tmp_path):
 
 
 def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(tmp_path):
-    from autotune.cli import UserError
+    from autotune.errors import UserError
     from autotune.sweep import sweep
 
     spec, out, cmd = fake_sweep(tmp_path)

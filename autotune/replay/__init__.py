@@ -9,7 +9,8 @@ from autotune.replay.baseline import budget_for, expected_best_of_draws, random_
 from autotune.replay.report import summarise, table, write_html, write_json
 from autotune.replay.runner import ALL_STRATEGIES, OPTUNA_SAMPLERS, Comparison, RunTrace, replay_run, run_comparison
 from autotune.replay.scoring import p_score, reach_fractions
-from autotune.replay.surface import Surface, SurfaceError, load_surface, surface_document, surface_from_dict, surface_from_kernel_tuner
+from autotune.replay.loading import load_surface
+from autotune.replay.surface import Surface, SurfaceError, surface_document, surface_from_dict, surface_from_kernel_tuner
 
 __all__ = [
     "ALL_STRATEGIES", "OPTUNA_SAMPLERS", "Comparison", "RunTrace", "Surface", "SurfaceError",

@@ -7,17 +7,20 @@ import json
 import sys
 import time
 
-from autotune.cli import UserError
+from autotune.errors import UserError
+from autotune.replay.peers import KT_EXTRA_HINT, PeerUnavailable, is_peer, kt_strategies, require_kernel_tuner
 
 DEFAULT_SEEDS = 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from autotune.replay.runner import ALL_STRATEGIES
+    from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES
 
-    parser.add_argument("surface", help="a surface file (autotune sweep) or a Kernel Tuner cache file")
-    parser.add_argument("--strategies", default=",".join(ALL_STRATEGIES),
-                        help=f"comma-separated names (default: all of {','.join(ALL_STRATEGIES)})")
+    parser.add_argument("surface", help="a surface file (autotune sweep) or a Kernel Tuner cache file (.json or .json.gz)")
+    parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                        help=f"comma-separated names of {','.join(ALL_STRATEGIES)} and kt:NAME, Kernel Tuner's "
+                             f"strategy NAME (e.g. kt:genetic_algorithm; needs {KT_EXTRA_HINT}) "
+                             f"(default: {','.join(DEFAULT_STRATEGIES)})")
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                         help=f"runs per strategy, seeds 0..N-1 (default {DEFAULT_SEEDS})")
     parser.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
@@ -25,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluations per run (default: max(budget, 100), at most the number of configs)")
     parser.add_argument("--options", default=None,
                         help='strategy hyperparameters as JSON, e.g. \'{"portfolio": {"exploration": 0.1}}\'')
+    parser.add_argument("--warm-start", default=None, metavar="SURFACE",
+                        help="seed every run of this project's strategies with another surface's ranking "
+                             "(its best configs measured first, the ranking as the prior), as `autotune tune` "
+                             "does with another study")
     parser.add_argument("--json", dest="json_out", default=None, help="write the JSON summary here")
     parser.add_argument("--html", dest="html_out", default=None, help="write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -34,17 +41,29 @@ def parse_strategies(text: str) -> list[str]:
     from autotune.replay.runner import ALL_STRATEGIES
 
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ALL_STRATEGIES]
+    peers = [n for n in names if is_peer(n)]
+    if peers:
+        try:
+            require_kernel_tuner()
+        except PeerUnavailable as exc:
+            raise UserError(f"{', '.join(peers)}: {exc}") from None
+        unknown_peers = [n for n in peers if n.removeprefix("kt:") not in kt_strategies()]
+        if unknown_peers:
+            raise UserError(f"unknown Kernel Tuner strategy {', '.join(unknown_peers)}; "
+                            f"Kernel Tuner has kt:{', kt:'.join(kt_strategies())}")
+    unknown = [n for n in names if n not in ALL_STRATEGIES and not is_peer(n)]
     if unknown or not names:
         raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; "
-                        f"--strategies takes a comma-separated list of {', '.join(ALL_STRATEGIES)}")
+                        f"--strategies takes a comma-separated list of {', '.join(ALL_STRATEGIES)} "
+                        "and kt:NAME (Kernel Tuner's strategies)")
     return list(dict.fromkeys(names))
 
 
 def run(args: argparse.Namespace) -> int:
     from autotune.replay.report import summarise, table, write_html, write_json
     from autotune.replay.runner import run_comparison
-    from autotune.replay.surface import SurfaceError, load_surface
+    from autotune.replay.loading import load_surface
+    from autotune.replay.surface import SurfaceError
 
     strategies = parse_strategies(args.strategies)
     if args.seeds < 1:
@@ -61,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--options must map strategy names to objects of hyperparameters")
     try:
         surface = load_surface(args.surface)
+        ranking = load_surface(args.warm_start).ranking() if args.warm_start else None
     except SurfaceError as exc:
         raise UserError(str(exc)) from None
+    if ranking is not None and not any(surface.space.index(c) is not None for c in ranking):
+        raise UserError(f"--warm-start {args.warm_start} shares no config with {args.surface}; "
+                        "warm-start from a surface of the same knobs")
     if not args.quiet:
         print(surface.describe(), file=sys.stderr)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
@@ -73,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name}: {len(seeds)} runs done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
     try:
-        comp = run_comparison(surface, strategies, seeds, horizon=args.horizon, options=options, progress=progress)
+        comp = run_comparison(surface, strategies, seeds, horizon=args.horizon, options=options, progress=progress,
+                              warm_start=ranking)
     except TypeError as exc:  # an option a strategy does not take
         raise UserError(f"--options: {exc}") from None
     summary = summarise(comp)

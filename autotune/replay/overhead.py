@@ -21,7 +21,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from autotune.replay.surface import load_surface
+from autotune.replay.loading import load_surface
 from autotune.strategies import STRATEGY_NAMES, make_sampler
 
 

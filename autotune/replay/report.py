@@ -3,9 +3,11 @@
 JSON summary (schema_version 1):
     {"surface": {...}, "budget": B, "cutoff": c, "optimum": o, "median": m, "horizon": H,
      "seeds": n, "random_baseline": [S_rand(1..H)],
-     "strategies": {name: {"p_score": {"mean", "std", "per_seed"},
+     "strategies": {name: {"p_score": {"mean", "std", "se", "per_seed",
+                                      "vs_best": {"best", "diff", "se", "tie"}},
                            "reach": {"within_5pct": {"10": f, "25": f, "50": f, "100": f},
                                      "within_1pct": {...}},
+                           "to_within_5pct": {"mean", "se", "reached", "per_seed"},
                            "ms_per_proposal": x, "evaluations": mean, "proposals": mean,
                            "invalid": mean, "revisits": mean, "exhausted": runs,
                            "mean_best": [...], "ci95_low": [...], "ci95_high": [...],
@@ -22,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from autotune.replay.runner import Comparison
-from autotune.replay.scoring import extend, p_score, reach_fractions
+from autotune.replay.scoring import evaluations_to_within, extend, p_score, reach_fractions
+from autotune.replay.stats import mean_se, versus_best
 
 SCHEMA_VERSION = 1
 
@@ -64,10 +67,12 @@ def summarise(comp: Comparison) -> dict[str, Any]:
         shares = {lab: labels.count(lab) / len(labels) for lab in sorted(set(labels))} if labels else {}
         proposal_s = [s for t in traces for s in t.proposal_s]
         out["strategies"][name] = {
-            "p_score": {"mean": _clean(float(np.nanmean(scores))),
+            "p_score": {"mean": _clean(mean_se(scores)[0]),
                         "std": _clean(float(np.nanstd(scores, ddof=1))) if len(scores) > 1 else 0.0,
+                        "se": _clean(mean_se(scores)[1]),
                         "per_seed": [_clean(float(x)) for x in scores]},
             "reach": reach_fractions(curves, surface.optimum),
+            "to_within_5pct": _to_within(traces, surface.optimum),
             "ms_per_proposal": _clean(1000.0 * float(np.mean(proposal_s))) if proposal_s else None,
             "evaluations": float(np.mean([t.evaluations for t in traces])),
             "proposals": float(np.mean([t.proposals for t in traces])),
@@ -80,7 +85,39 @@ def summarise(comp: Comparison) -> dict[str, Any]:
             "shares": shares,
             "share_curves": _share_curves(traces, comp.horizon) if len(shares) > 1 else {},
         }
+    attach_paired(out)
     return out
+
+
+def attach_paired(summary: dict[str, Any]) -> None:
+    """Set each strategy's p_score.vs_best: the paired comparison with the best of the summary."""
+    paired = versus_best({n: s["p_score"]["per_seed"] for n, s in summary["strategies"].items()})
+    for name, s in summary["strategies"].items():
+        if name in paired:
+            s["p_score"]["vs_best"] = {k: (_clean(v) if isinstance(v, float) else v) for k, v in paired[name].items()}
+
+
+def _mark(name: str, p: dict[str, Any]) -> str:
+    """'best', 'tie' (within 2 paired standard errors of the best) or the paired difference."""
+    vs = p.get("vs_best")
+    if not vs:
+        return ""
+    if vs["best"] == name:
+        return "best"
+    return "tie" if vs["tie"] else f"{_num(vs['diff']):+.3f}"
+
+
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _to_within(traces, optimum: float) -> dict[str, Any]:
+    """Evaluations each run needed to come within 5% of the optimum: mean ± standard error
+    over the runs that did, and the fraction that did within the horizon."""
+    needed = [evaluations_to_within(t.best, optimum) for t in traces]
+    mean, se = mean_se([float(n) for n in needed if n is not None])
+    return {"mean": _clean(mean), "se": _clean(se), "reached": sum(n is not None for n in needed) / max(1, len(needed)),
+            "per_seed": needed}
 
 
 def _share_curves(traces, horizon: int, bins: int = 20) -> dict[str, Any]:
@@ -109,7 +146,9 @@ def table(summary: dict[str, Any]) -> str:
         + (f" of {partial['configs']} (a sweep in progress)" if partial else "") + ", "
         f"{summary['surface']['objective']} ({summary['surface']['direction']}), optimum {summary['optimum']:.6g}, "
         f"budget {summary['budget']} evaluations, {summary['seeds']} seeds",
-        f"{'strategy':<10} {'P-score':>15} {'5%@10':>6} {'5%@25':>6} {'1%@25':>6} {'1%@50':>6} {'ms/prop':>8} {'invalid':>8} {'revisit':>8}",
+        "P-score: mean ± standard error over seeds; vs best: paired difference to the best, "
+        "'tie' when under 2 standard errors",
+        f"{'strategy':<22} {'P-score':>15} {'vs best':>7} {'5%@10':>6} {'5%@25':>6} {'1%@25':>6} {'1%@50':>6} {'ms/prop':>8} {'invalid':>8} {'revisit':>8}",
     ]
     for name, _ in ranking(summary):
         s = summary["strategies"][name]
@@ -117,7 +156,7 @@ def table(summary: dict[str, Any]) -> str:
         p = s["p_score"]
         ms = s["ms_per_proposal"]
         lines.append(
-            f"{name:<10} {p['mean']:>7.3f} ± {p['std']:<5.3f} {r5['10']:>6.2f} {r5['25']:>6.2f} {r1['25']:>6.2f} "
+            f"{name:<22} {_num(p['mean']):>7.3f} ± {_num(p.get('se')):<5.3f} {_mark(name, p):>7} {r5['10']:>6.2f} {r5['25']:>6.2f} {r1['25']:>6.2f} "
             f"{r1['50']:>6.2f} {(ms if ms is not None else float('nan')):>8.2f} {s['invalid']:>8.1f} {s['revisits']:>8.1f}"
         )
     return "\n".join(lines)
@@ -179,7 +218,8 @@ def write_html(summary: dict[str, Any], path: str | Path) -> None:
 
 def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None = None) -> str:
     """One markdown table over several surfaces: mean P-score ± standard error per
-    strategy, the best in bold (ties within noise are not marked as such)."""
+    strategy; the best and those tied with it (paired difference under 2 standard
+    errors) in bold."""
     names = order or sorted({n for s in summaries for n in s["strategies"]})
     head = "| surface | configs | budget | seeds | " + " | ".join(names) + " |"
     lines = [head, "|" + " --- |" * (4 + len(names))]
@@ -192,9 +232,10 @@ def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None
                 cells.append("")
                 continue
             ps = s["strategies"][n]["p_score"]
-            se = (ps["std"] or 0.0) / math.sqrt(max(1, s["seeds"]))
+            se = ps["se"] if ps.get("se") is not None else (ps["std"] or 0.0) / math.sqrt(max(1, s["seeds"]))
             text = f"{ps['mean']:.2f} ± {se:.2f}"
-            cells.append(f"**{text}**" if means[n] == best else text)
+            tied = ps["vs_best"]["tie"] if "vs_best" in ps else means[n] == best
+            cells.append(f"**{text}**" if tied else text)
         surf = s["surface"]
         lines.append(f"| {surf['name']} | {surf['configs']} | {s['budget']} | {s['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

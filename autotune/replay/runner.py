@@ -8,7 +8,10 @@ evaluations, when the sampler reports the space exhausted, or after
 `max_proposals` asks (a sampler that only repeats itself spends no evaluations).
 
 What is replayed is exactly the sampler the tuner uses: the same class, an in-memory
-study, the same ask/suggest/tell calls.
+study, the same ask/suggest/tell calls. Runs are paired across strategies: a seed fixes
+the first config (enqueued, as the tuner's first trial is the baseline) and the noise
+stream, so strategies differ only in what they choose. `kt:NAME` runs Kernel Tuner's
+strategy NAME instead (autotune.replay.peers).
 """
 
 from __future__ import annotations
@@ -23,13 +26,20 @@ import optuna
 from optuna.trial import TrialState
 
 from autotune.replay.baseline import budget_for, random_curve
+from autotune.replay.peers import is_peer, kt_first_visits
 from autotune.replay.scoring import REACH_AT
 from autotune.replay.surface import Surface
 from autotune.strategies import STRATEGY_ATTR, STRATEGY_NAMES, SpaceExhausted, StrategySampler, make_sampler
+from autotune.warm_start import seed_study
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
 ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
+# Optuna's GP costs 100-170 ms a proposal: a default replay of a large surface leaves it out
+DEFAULT_STRATEGIES = tuple(n for n in ALL_STRATEGIES if n != "gp")
 NOISE_STREAM = 0x5EED  # the noise draws use their own stream, apart from the sampler's
+START_STREAM = 0x57A7  # the first config of a seed's runs, the same for every strategy
+START_LABEL = "start"
+WARM_LABEL = "warm start"
 
 
 def build_sampler(name: str, surface: Surface, seed: int,
@@ -69,7 +79,8 @@ class RunTrace:
 def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
                max_proposals: int | None = None, stall_limit: int = 50,
                options: Mapping[str, Mapping[str, Any]] | None = None,
-               sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None) -> RunTrace:
+               sampler_factory: Callable[[], optuna.samplers.BaseSampler] | None = None,
+               start: bool = True, warm_start: Sequence[Mapping[str, Any]] | None = None) -> RunTrace:
     """One seeded run of `strategy` on `surface` (deterministic for a given seed).
 
     A config that fails when run is told as a FAIL trial to this project's strategies,
@@ -77,14 +88,23 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     the same config forever, so they are told the surface's worst value instead (the
     usual way to run them where configs can fail); the same goes for the invalid
     configs only they can propose. The run also stops after `stall_limit` asks in a
-    row that spent no evaluation.
+    row that spent no evaluation. With `start`, the first trial is the seed's start
+    config (start_index), enqueued; its evaluation is labelled 'start'. `warm_start`, a
+    ranking of configs (best first, e.g. another surface's), seeds the study as the tuner
+    does (autotune.warm_start.seed_study): its best configs are measured next, labelled
+    'warm start', and the ranking is the strategies' prior.
     """
     max_evals = min(max_evals, len(surface))
+    if is_peer(strategy):
+        return _peer_run(surface, strategy, seed, max_evals)
     max_proposals = max_proposals if max_proposals is not None else 10 * max_evals + 50
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per replayed study and trial is noise
     sampler = sampler_factory() if sampler_factory else build_sampler(strategy, surface, seed, options)
     study = optuna.create_study(direction=surface.direction, sampler=sampler)
     space = surface.space
+    if start:
+        study.enqueue_trial(dict(space.configs[start_index(surface, seed)]))
+    seeded = len(seed_study(study, warm_start, space=space)) if warm_start else 0
     dists = space.distributions()
     noise = np.random.default_rng([seed, NOISE_STREAM])
     filled = surface.filled_values()
@@ -96,7 +116,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     current = None
     stalled = 0
     while len(best) < max_evals and trace.proposals < max_proposals and stalled < stall_limit:
-        start = time.perf_counter()
+        asked_at = time.perf_counter()
         trial = study.ask()
         try:
             params = {k: trial.suggest_categorical(k, dists[k].choices) for k in space.knob_names}
@@ -104,7 +124,7 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
             study.tell(trial, state=TrialState.FAIL)
             trace.exhausted = True
             break
-        trace.proposal_s.append(time.perf_counter() - start)
+        trace.proposal_s.append(time.perf_counter() - asked_at)
         trace.proposals += 1
         index = space.index(params)
         observed: float | None = None
@@ -123,7 +143,10 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
             value = filled[index]
             current = value if current is None else surface.best_of(np.array([current, value]))
             best.append(current)
-            trace.proposed_by.append(str(trial.user_attrs.get(STRATEGY_ATTR, strategy)))
+            label = trial.user_attrs.get(STRATEGY_ATTR, strategy)
+            if trial.number < int(start) + seeded:
+                label = START_LABEL if start and trial.number == 0 else WARM_LABEL
+            trace.proposed_by.append(str(label))
         if observed is not None:
             study.tell(trial, observed)
         elif own:
@@ -131,6 +154,23 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
         else:
             study.tell(trial, penalty)
     trace.best = np.asarray(best)
+    return trace
+
+
+def start_index(surface: Surface, seed: int) -> int:
+    """The config every strategy's run of `seed` begins with (uniform over the surface)."""
+    return int(np.random.default_rng([seed, START_STREAM]).integers(len(surface)))
+
+
+def _peer_run(surface: Surface, strategy: str, seed: int, max_evals: int) -> RunTrace:
+    """A Kernel Tuner strategy's run as a trace: its first visits in order, one evaluation each."""
+    order, wall = kt_first_visits(surface, strategy.removeprefix("kt:"), seed, max_evals)
+    filled = surface.filled_values()
+    best = filled[order]
+    best = np.maximum.accumulate(best) if surface.maximize else np.minimum.accumulate(best)
+    trace = RunTrace(strategy, seed, np.asarray(best, dtype=np.float64), [strategy] * len(order),
+                     proposals=len(order))
+    trace.proposal_s = [wall / max(1, len(order))] * len(order)
     return trace
 
 
@@ -155,7 +195,8 @@ def default_horizon(surface: Surface, budget: int) -> int:
 def run_comparison(surface: Surface, strategies: Sequence[str], seeds: Sequence[int], *,
                    horizon: int | None = None,
                    options: Mapping[str, Mapping[str, Any]] | None = None,
-                   progress: Callable[[str, int, RunTrace], None] | None = None) -> Comparison:
+                   progress: Callable[[str, int, RunTrace], None] | None = None,
+                   warm_start: Sequence[Mapping[str, Any]] | None = None) -> Comparison:
     """Replay each strategy once per seed; seeds are shared so strategies meet the same noise."""
     values = surface.filled_values()
     budget, cutoff = budget_for(values, surface.maximize)
@@ -167,7 +208,8 @@ def run_comparison(surface: Surface, strategies: Sequence[str], seeds: Sequence[
     for name in strategies:
         traces[name] = []
         for seed in seeds:
-            trace = replay_run(surface, name, seed, horizon, options=options)
+            trace = replay_run(surface, name, seed, horizon, options=options,
+                               warm_start=None if is_peer(name) else warm_start)
             traces[name].append(trace)
             if progress:
                 progress(name, seed, trace)

@@ -58,3 +58,9 @@ def reach_fractions(curves: list[np.ndarray], optimum: float) -> dict[str, dict[
             at_t = np.array([extend(c, t)[t - 1] for c in curves])
             out[key][str(t)] = float(np.mean(within(at_t, optimum, frac)))
     return out
+
+
+def evaluations_to_within(curve: np.ndarray, optimum: float, fraction: float = 0.05) -> int | None:
+    """Evaluations a run needed to come within `fraction` of the optimum (None: never)."""
+    hit = np.flatnonzero(within(np.asarray(curve), optimum, fraction))
+    return int(hit[0]) + 1 if len(hit) else None

@@ -1,6 +1,6 @@
 """Recorded surfaces: every valid config of a space with its raw measured samples.
 
-Two file formats load into the same `Surface`:
+Two documents become the same `Surface` (reading files: autotune.replay.loading):
 
 - this project's surface file (written by `autotune sweep`; format in
   docs/strategies.md, "Surface files"): `{"format": "autotune-surface", "schema_version": 1, "objective":
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,70 +100,17 @@ class Surface:
     def __len__(self) -> int:
         return len(self.configs)
 
+    def ranking(self) -> list[dict[str, Any]]:
+        """The configs that ran, best first (a warm start's source)."""
+        ok = np.flatnonzero(~self.failed)
+        order = ok[np.argsort(-self.sign * self.true_values[ok], kind="stable")]
+        return [dict(self.configs[i]) for i in order]
+
     def describe(self) -> str:
         partial = self.meta.get("partial")
         count = f"{len(self)} of {partial['configs']} valid configs measured so far" if partial else f"{len(self)} valid configs"
         return (f"{self.name}: {count} ({int(self.failed.sum())} failing), "
                 f"{self.objective} ({self.direction}), optimum {self.optimum:.6g}")
-
-
-# -- loading ---------------------------------------------------------------------------
-SYNTHETIC_PREFIX = "synthetic:"
-
-
-def load_surface(path: str | Path) -> Surface:
-    """Load a surface file or a Kernel Tuner cache file (detected from its keys).
-
-    `synthetic:xlstm:SEED` and `synthetic:kernel:SEED` generate a synthetic surface
-    (autotune.replay.synthetic) instead of reading a file. A sweep's journal
-    (`*.runs.jsonl`) gives the surface of the configs it has measured so far.
-    """
-    if str(path).startswith(SYNTHETIC_PREFIX):
-        return _synthetic(str(path))
-    from autotune.sweep import JOURNAL_SUFFIX, surface_from_journal
-
-    path = Path(path)
-    if path.name.endswith(JOURNAL_SUFFIX) and path.exists():
-        return surface_from_dict(surface_from_journal(path), name=path.name)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SurfaceError(f"{path} does not exist (surfaces live under studies/surfaces/)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SurfaceError(f"cannot read {path}: {exc}") from None
-    doc = _parse_json(text, path)
-    if not isinstance(doc, dict):
-        raise SurfaceError(f"{path}: expected a JSON object")
-    if doc.get("format") == SURFACE_FORMAT:
-        return surface_from_dict(doc, name=path.stem)
-    if "cache" in doc and "tune_params" in doc:
-        return surface_from_kernel_tuner(doc, name=path.stem)
-    raise SurfaceError(
-        f"{path} is neither an autotune surface (\"format\": \"{SURFACE_FORMAT}\") nor a Kernel Tuner "
-        "cache (keys tune_params_keys, tune_params, cache); write one with `autotune sweep`"
-    )
-
-
-def _synthetic(spec: str) -> Surface:
-    from autotune.replay.synthetic import kernel_surface, xlstm_surface
-
-    parts = spec.split(":")
-    makers = {"xlstm": xlstm_surface, "kernel": kernel_surface}
-    if len(parts) != 3 or parts[1] not in makers or not parts[2].isdigit():
-        raise SurfaceError(f"{spec!r}: write synthetic:xlstm:SEED or synthetic:kernel:SEED, e.g. synthetic:kernel:100")
-    return makers[parts[1]](int(parts[2]))
-
-
-def _parse_json(text: str, path: Path) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as first:
-        # Kernel Tuner leaves a cache open (no closing braces) while a run is going on
-        repaired = text.rstrip().rstrip(",") + "\n}\n}"
-        try:
-            return json.loads(repaired)
-        except json.JSONDecodeError:
-            raise SurfaceError(f"{path} is not valid JSON: {first}") from None
 
 
 def surface_from_dict(doc: dict[str, Any], name: str = "surface") -> Surface:

@@ -22,16 +22,21 @@ from autotune.strategies.base import STRATEGY_ATTR, Proposal, SpaceExhausted, St
 from autotune.strategies.boltzmann import BoltzmannStrategy
 from autotune.strategies.genetic import GeneticStrategy
 from autotune.strategies.history import History
+from autotune.strategies.local import LocalStrategy
+from autotune.strategies.parzen import ParzenStrategy
 from autotune.strategies.portfolio import PortfolioStrategy
 from autotune.strategies.random_search import RandomStrategy
 from autotune.strategies.regression import RegressionStrategy
 
 DEFAULT_STRATEGY = "portfolio"
-PORTFOLIO_MEMBERS = ("regression", "boltzmann")  # the meta-bandit's choices after the warm-up
-PORTFOLIO_PRIOR = {"regression": 1.0}  # initial credit: the regression proposes first after the warm-up
+# The default portfolio, chosen leave-one-family-out on real surfaces (docs/strategies.md,
+# studies/records/replay-heldout.md): the meta-bandit's choices after the warm-up
+PORTFOLIO_MEMBERS = ("boltzmann", "bandit", "parzen", "regression")
+PORTFOLIO_PRIOR: dict[str, float] = {}  # no initial credit: each member proposes once, then credit decides
 PORTFOLIO_WARMUP = "bandit"  # proposes the first trials (the warm-up)
-# the warm-up's 8 trials shrink in proportion on spaces larger than this (3 at 2240 configs)
-PORTFOLIO_WARMUP_SPACE = 800
+PORTFOLIO_WARMUP_TRIALS = 8
+# the warm-up shrinks in proportion on spaces larger than this (3 at 2240 configs); None: never
+PORTFOLIO_WARMUP_SPACE: int | None = 800
 
 _SINGLE: dict[str, Callable[..., Strategy]] = {
     "random": RandomStrategy,
@@ -39,6 +44,8 @@ _SINGLE: dict[str, Callable[..., Strategy]] = {
     "bandit": BanditStrategy,
     "boltzmann": BoltzmannStrategy,
     "regression": RegressionStrategy,
+    "local": LocalStrategy,
+    "parzen": ParzenStrategy,
 }
 STRATEGY_NAMES = (*_SINGLE, "portfolio")
 
@@ -56,6 +63,7 @@ def make_strategy(name: str, space: DiscreteSpace, seed: int | None = None,
         own = dict(options.get("portfolio", {}))
         pool = tuple(own.pop("members", PORTFOLIO_MEMBERS))
         own.setdefault("warmup_member", PORTFOLIO_WARMUP)
+        own.setdefault("warmup", PORTFOLIO_WARMUP_TRIALS)
         own.setdefault("lead", None)
         own.setdefault("warmup_space", PORTFOLIO_WARMUP_SPACE)
         # the default prior only for the members a custom pool keeps
@@ -81,8 +89,9 @@ def make_sampler(name: str, space: DiscreteSpace, seed: int | None = None,
 
 __all__ = [
     "DEFAULT_STRATEGY", "STRATEGY_ATTR", "STRATEGY_NAMES", "PORTFOLIO_MEMBERS", "PORTFOLIO_PRIOR", "PORTFOLIO_WARMUP",
-    "PORTFOLIO_WARMUP_SPACE",
-    "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "PortfolioStrategy",
+    "PORTFOLIO_WARMUP_SPACE", "PORTFOLIO_WARMUP_TRIALS",
+    "BanditStrategy", "BoltzmannStrategy", "GeneticStrategy", "History", "LocalStrategy", "ParzenStrategy",
+    "PortfolioStrategy",
     "Proposal", "RandomStrategy", "RegressionStrategy", "SpaceExhausted", "Strategy", "StrategySampler",
     "make_sampler", "make_strategy",
 ]

@@ -18,6 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune.space import DiscreteSpace
 
+WARM_START_ATTR = "warm_start"  # study user attr: another study's configs, best first
+
 
 @dataclass(frozen=True)
 class Event:
@@ -47,11 +49,15 @@ class History:
         self._sign = 1.0
         self._utility_cache: tuple[int, np.ndarray] | None = None
         self.version = 0  # bumps whenever an outcome is recorded
+        # configs another study ranked best first (a warm start), read once from the study
+        self.prior: np.ndarray | None = None
 
     # -- reading the study ------------------------------------------------------
     def sync(self, study: optuna.Study, current_trial: int | None = None) -> None:
         """Fold in trials that changed since the last call (the current trial is skipped)."""
         self._sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        if self.prior is None:
+            self.prior = self._read_prior(study)
         trials = study.get_trials(deepcopy=False)
         settled = True
         for trial in trials[self._settled_prefix :]:
@@ -71,6 +77,12 @@ class History:
                 if index is not None:
                     self.claim(index)
                 settled = False
+
+    def _read_prior(self, study: optuna.Study) -> np.ndarray:
+        """The valid configs of the study's warm-start ranking (user attr WARM_START_ATTR)."""
+        ranking = study.user_attrs.get(WARM_START_ATTR) or []
+        found = (self.space.index(c) for c in ranking if isinstance(c, dict))
+        return np.asarray([i for i in found if i is not None], dtype=np.int64)
 
     def _config_index(self, trial: FrozenTrial) -> int | None:
         # a running trial has its params once suggested; a waiting one only its fixed params
@@ -158,6 +170,14 @@ class History:
             u[idx] = ranks / (len(idx) + 1)
         self._utility_cache = (self.version, u)
         return u
+
+    def since_improvement(self) -> int:
+        """Finished trials since the last one that beat every earlier result."""
+        best, last = -math.inf, 0
+        for n, event in enumerate(self.events, start=1):
+            if event.value is not None and event.value > best:
+                best, last = event.value, n
+        return len(self.events) - last
 
     def best_value(self) -> float | None:
         idx = self.measured

@@ -8,8 +8,11 @@ trial (3 on the 2240 configs of the synthetic kernel caches): there the knobs in
 the bandit's per-value sweep is close to random search, and the budgets of tens of
 trials leave the models little room after a full warm-up.
 After that, for every trial, an area-under-curve meta-bandit after OpenTuner's picks the
-member of the pool that proposes it (by default the regression strategy, a Bayesian
-additive model with Thompson sampling, and Boltzmann, a local, interaction-aware model).
+member of the pool that proposes it. The default pool (autotune.strategies) mixes
+kinds of model so that one seed does not depend on one: Boltzmann (kernel regression,
+interaction-aware), the bandit (per-value arms), Parzen (TPE over whole configs,
+interaction-aware, with a feasibility model) and the regression (Bayesian additive
+model, Thompson sampling).
 
 Credit: a member's recent uses (the last `window`, 10, over the pool) form a sequence of
 credits, weighted so later uses count more; its score is that AUC plus an exploration
@@ -19,10 +22,9 @@ default: dense enough to learn within a budget of tens of trials), or 1 when it 
 every earlier result, else 0 (credit="best", OpenTuner's). Warm-up trials earn no
 credit: they rank high only because they came first. `prior` gives every pool member
 one pseudo-use before its real ones (the named credit, 0.5, a median result, for the
-others); by default the regression's is 1.0, so it proposes the first trial after the
-warm-up and keeps proposing while its results rank high (without a prior, a member
-never used scores infinity, so the first trials after the warm-up go to members drawn
-at random, which costs the smallest budgets). Everything is read back from the study's
+others); by default there is none: a member never used scores infinity, so right after the
+warm-up every member proposes once, in random order, and credit decides from then on
+(a member whose results rank low loses its turns within a few trials). Everything is read back from the study's
 trials and their 'strategy' attr, so credit survives a resume and counts the work of
 every worker.
 
@@ -30,10 +32,9 @@ Optionally a `lead` member proposes while the search keeps improving (while fewe
 `patience` finished trials have passed since the last new best) and the meta-bandit
 only picks once it stagnates; off by default (lead=None).
 
-The defaults (warm-up 8 scaled beyond 800 configs, pool, prior, window 10, exploration
-0.1) were chosen in replay on training surfaces; studies/records/replay-tuning.json has
-the search and the variants compared (no warm-up, warm-ups of 1-12, the GA or the bandit
-in the pool, no prior, the regression as a lead).
+The warm-up, window 10 and exploration 0.1 were chosen in replay on synthetic training
+surfaces (studies/records/replay-tuning.json); the pool and prior leave-one-family-out
+on real surfaces (studies/records/replay-heldout.md).
 """
 
 from __future__ import annotations
@@ -149,19 +150,10 @@ class PortfolioStrategy(Strategy):
             scores[name] = auc + self.exploration * math.sqrt(2.0 * math.log(total) / n)
         return scores
 
-    @staticmethod
-    def since_improvement(history: History) -> int:
-        """Finished trials since the last one that beat every earlier result."""
-        best, last = -math.inf, 0
-        for n, event in enumerate(history.events, start=1):
-            if event.value is not None and event.value > best:
-                best, last = event.value, n
-        return len(history.events) - last
-
     def choose(self, history: History) -> str:
         if len(history.observed) < self.warmup:
             return self.warmup_member
-        if self.lead is not None and self.since_improvement(history) < self.patience:
+        if self.lead is not None and history.since_improvement() < self.patience:
             return self.lead
         scores = self.scores(history)
         top = max(scores.values())

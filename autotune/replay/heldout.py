@@ -1,0 +1,172 @@
+"""Leave-one-family-out evaluation of portfolio configurations on real surfaces.
+
+    python -m autotune.replay.heldout run --family convolution=A.json.gz,B.json.gz \
+        --variants VARIANTS.json --references random,bandit,tpe,kt:pso --seeds 50 --out conv.json
+    python -m autotune.replay.heldout run --family gemm=C.json.gz,D.json.gz ... --out gemm.json
+    python -m autotune.replay.heldout report conv.json gemm.json xlstm.json
+
+VARIANTS.json maps a name to a portfolio's options ({"members": [...], "warmup": 4, ...}).
+Parts may run in parallel and may split a surface's labels; a variant competes only
+where every surface has it, and a reference strategy is shown where it ran. Every variant and reference strategy of a part
+is replayed on its surfaces for the seeds 0..N-1 (paired: a seed fixes the start config
+and the noise), each run up to the surface's budget, and scored by its P-score.
+
+Held out: for each family F, the variant with the best mean P-score over the OTHER
+families (each family weighing the same) is chosen, and its scores on F's surfaces are
+reported beside the references: a number is never from a surface it was chosen on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotune.replay.baseline import budget_for, random_curve
+from autotune.replay.loading import load_surface
+from autotune.replay.report import attach_paired, comparison_markdown, summarise
+from autotune.replay.runner import Comparison, _quiet_optuna, replay_run
+from autotune.replay.surface import Surface
+
+
+def replay_surface(surface: Surface, runs: Mapping[str, tuple[str, dict | None]], seeds: Sequence[int],
+                   log=lambda line: None, done=lambda summary: None) -> dict[str, Any]:
+    """The summary (autotune.replay.report) of each labelled (strategy, options) on the
+    surface, every run stopping at the budget; `done` gets the summary so far after each label."""
+    values = surface.filled_values()
+    budget, cutoff = budget_for(values, surface.maximize)
+    comp = Comparison(surface, budget, cutoff, budget, random_curve(values, budget, surface.maximize), {},
+                      list(seeds))
+    for label, (strategy, options) in runs.items():
+        started = time.monotonic()
+        comp.traces[label] = [replay_run(surface, strategy, seed, budget, options=options) for seed in seeds]
+        log(f"{surface.name}: {label} {time.monotonic() - started:.0f} s")
+        done(summarise(comp))
+    return summarise(comp)
+
+
+def family_means(summaries: Mapping[str, Mapping[str, Any]], families: Mapping[str, Sequence[str]],
+                 label: str, skip: str | None = None) -> float:
+    """Mean P-score of `label` over the families other than `skip`, each family the mean of its surfaces."""
+    per_family = [np.mean([summaries[s]["strategies"][label]["p_score"]["mean"] for s in surfaces])
+                  for family, surfaces in families.items() if family != skip]
+    return float(np.mean(per_family))
+
+
+def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per family: the variant chosen on the other families and the means it was chosen by."""
+    out = {}
+    for family in families:
+        train = {v: family_means(summaries, families, v, skip=family) for v in variants}
+        chosen = max(train, key=train.get)
+        out[family] = {"chosen": chosen, "training_means": train}
+    return out
+
+
+def replay_families(args: argparse.Namespace) -> int:
+    """`run`: replay the variants and references on each family's surfaces; write the summaries."""
+    families: dict[str, list[str]] = {}
+    for item in args.family:
+        name, _, paths = item.partition("=")
+        families[name] = [p for p in paths.split(",") if p]
+    variants = json.loads(Path(args.variants).read_text(encoding="utf-8"))
+    runs = {f"portfolio[{v}]": ("portfolio", {"portfolio": opts}) for v, opts in variants.items()}
+    runs.update({r: (r, None) for r in args.references.split(",") if r})
+    started = time.monotonic()
+    log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
+    summaries: dict[str, Any] = {}
+    names: dict[str, list[str]] = {}
+
+    def write(surface_name: str, summary: dict[str, Any]) -> None:  # after every label: a partial record
+        summaries[surface_name] = _lean(summary)
+        record = {"seeds": args.seeds, "families": names, "variants": variants, "runs": list(runs),
+                  "summaries": summaries, "wall_s": round(time.monotonic() - started)}
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+    for family, paths in families.items():
+        for path in paths:
+            surface = load_surface(path)
+            names.setdefault(family, []).append(surface.name)
+            replay_surface(surface, runs, range(args.seeds), log, done=lambda s, n=surface.name: write(n, s))
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    """`report`: merge the parts, choose a variant per held-out family, print the tables."""
+    parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
+    names: dict[str, list[str]] = {}
+    summaries: dict[str, Any] = {}
+    for part in parts:  # parts may split a surface's labels: their strategies merge
+        for family, surfaces in part["families"].items():
+            names.setdefault(family, [])
+            names[family].extend(s for s in surfaces if s not in names[family])
+        for surface, summary in part["summaries"].items():
+            if surface in summaries:
+                summaries[surface]["strategies"].update(summary["strategies"])
+                attach_paired(summaries[surface])
+            else:
+                summaries[surface] = summary
+    if len(names) < 2:
+        raise SystemExit("leave-one-family-out needs at least two families")
+    # a variant competes where every surface has it; references are shown where they ran
+    labels = list(dict.fromkeys(r for part in parts for r in part["runs"]))
+    variants = [v for v in labels if v.startswith("portfolio[") and all(v in s["strategies"] for s in summaries.values())]
+    references = [r for r in labels if not r.startswith("portfolio[")]
+    choice = held_out_choice(summaries, names, variants)
+    for family, c in choice.items():
+        print(f"\n### Held out: {family} (the variant chosen on the other families: {c['chosen']})\n")
+        order = [c["chosen"], *references]
+        print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
+    everywhere = {v: family_means(summaries, names, v) for v in variants}
+    print("\n### Every variant on every surface (training means over all families: "
+          + ", ".join(f"{v} {m:.3f}" for v, m in everywhere.items()) + ")\n")
+    print(comparison_markdown([summaries[s] for f in names for s in names[f]], labels))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"held_out": choice, "all_families": everywhere}, indent=1) + "\n",
+                                  encoding="utf-8")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autotune.replay.heldout", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="replay variants and references on families of surfaces")
+    run.add_argument("--family", action="append", required=True, metavar="NAME=SURFACE,SURFACE",
+                     help="a kernel family and its surfaces (repeatable)")
+    run.add_argument("--variants", required=True, help="JSON file: name -> portfolio options")
+    run.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
+                     help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
+    run.add_argument("--seeds", type=int, default=50)
+    run.add_argument("--out", required=True, help="JSON file of the summaries")
+    rep = sub.add_parser("report", help="leave-one-family-out tables from the parts `run` wrote")
+    rep.add_argument("parts", nargs="+")
+    rep.add_argument("--out", default=None, help="JSON file of the choices")
+    args = parser.parse_args(argv)
+    _quiet_optuna(torch_threads=False)
+    return replay_families(args) if args.command == "run" else report(args)
+
+
+def _only(summary: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    """The summary with only `labels`, the paired verdicts recomputed among them."""
+    lean = dict(summary)
+    lean["strategies"] = {k: json.loads(json.dumps(v)) for k, v in summary["strategies"].items() if k in labels}
+    attach_paired(lean)
+    return lean
+
+
+def _lean(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary without its curves (the record keeps scores, not plots)."""
+    drop = ("mean_best", "ci95_low", "ci95_high", "share_curves")
+    out = {k: v for k, v in summary.items() if k != "random_baseline"}
+    out["strategies"] = {n: {k: v for k, v in s.items() if k not in drop} for n, s in summary["strategies"].items()}
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
