@@ -150,7 +150,8 @@ class StudySession:
         the strategies' prior; a resumed study gets none of them twice."""
         try:
             name = study_in_store(source, self.study.study_name) if "://" in source else None
-            queued = seed_study(self.study, source, space=self.space, study_name=name, context=self.context)
+            queued = seed_study(self.study, source, space=self.space, study_name=name, context=self.context,
+                                defaults=self.baseline_config)
         except WarmStartError as exc:
             raise UserError(f"--warm-start: {exc}") from None
         if queued:

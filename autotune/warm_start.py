@@ -58,7 +58,7 @@ def ranking_from_export(doc: Mapping[str, Any], context: int | None = None) -> l
     rows = [row for entry in doc.get("entries", []) for row in entry.get("table", [])]
     if context is not None:
         rows.sort(key=lambda row: abs(math.log2(max(1, int(row.get("context", 1)))) - math.log2(max(1, context))))
-    return [dict(row["config"]) for row in rows if isinstance(row.get("config"), dict)]
+    return [{**row["config"], **row.get("kernel", {})} for row in rows if isinstance(row.get("config"), dict)]
 
 
 def load_ranking(source: str | Path | optuna.Study | Sequence[Mapping[str, Any]], *,
@@ -127,12 +127,15 @@ def _key(config: Mapping[str, Any], space: DiscreteSpace | None) -> tuple:
 
 
 def seed_study(study: optuna.Study, source: Any, *, space: DiscreteSpace | None = None, top: int = DEFAULT_TOP,
-               study_name: str | None = None, context: int | None = None) -> list[dict[str, Any]]:
+               study_name: str | None = None, context: int | None = None,
+               defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Enqueue those of the `top` best configs of `source`'s ranking that `study` does not
     hold yet (a resumed study gets none twice) and store the ranking as the prior;
     returns the configs enqueued. With `space`, only
-    its valid configs are kept (a ranking from another space is filtered, not refused)."""
-    ranking = load_ranking(source, study_name=study_name, context=context)
+    its valid configs are kept (a ranking from another space is filtered, not refused);
+    knobs a ranked config lacks (a study without kernel knobs seeding one with them) take
+    their value from `defaults`, the config the source's kernels ran with."""
+    ranking = [{**(defaults or {}), **c} for c in load_ranking(source, study_name=study_name, context=context)]
     if space is not None:
         ranking = [dict(space.configs[i]) for i in (space.index(c) for c in ranking) if i is not None]
     unique, seen = [], set()

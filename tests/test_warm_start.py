@@ -83,3 +83,13 @@ def test_an_export_file_ranks_its_rows_and_bad_sources_are_clear_errors(tmp_path
     url, _ = other_study(tmp_path)
     with pytest.raises(WarmStartError, match="needs the study's name"):
         load_ranking(url)
+
+
+def test_knobs_the_source_lacks_take_the_value_its_runs_had(tmp_path):
+    _, other = other_study(tmp_path)
+    wider = SearchSpace({**VALUES, "backend": ["sequential", "queued"]}, num_heads=4, context=64)
+    study = optuna.create_study(direction="maximize")
+    queued = seed_study(study, other, space=wider, defaults={"backend": "queued"})
+    assert len(queued) == 3 and all(c["backend"] == "queued" for c in queued)
+    assert [{k: v for k, v in c.items() if k != "backend"} for c in queued] == load_ranking(other)[:3]
+    assert seed_study(optuna.create_study(direction="maximize"), other, space=wider) == []  # nothing to fill from
