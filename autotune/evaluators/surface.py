@@ -75,7 +75,8 @@ class SurfaceDraws:
         """One draw: instant, so there is nothing to tick, cancel or start."""
         samples = self.samples[request]
         if not len(samples):
-            return TrialOutcome(BenchResult.failure("failed", f"config {request} failed when it was recorded"), "", 0.0, 1)
+            failed = BenchResult.failure("failed", f"config {request} failed when it was recorded")
+            return TrialOutcome(failed, "", 0.0, 1)
         value = float(samples[self.rng.integers(len(samples))])
         return TrialOutcome(BenchResult("ok", metrics={self.objective: value}), "", 0.0, 0)
 

@@ -69,7 +69,7 @@ class ReplaySearch:
                 self._tell(trial, self.told[index])
             else:
                 self.stalled = 0
-                return Step(index, 0.0, trial)
+                return Step(index, timeout_s=0.0, item=trial)  # a draw is instant: no time limit to keep
         return DONE
 
     def tell(self, step: Step, outcome, slot) -> bool:
