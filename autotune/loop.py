@@ -3,8 +3,8 @@
 What is searched is a Search: `next(slot)` gives the next Step (a benchmark request
 with its time limit), or WAIT (nothing to start yet) or DONE; `tell(step, outcome,
 slot)` records the outcome and says whether to go on. The tuner's search is a study
-(autotune.study_search), the sweep's a fixed order of runs (autotune.sweep); replay can
-drive a study against a SurfaceEvaluator the same way.
+(autotune.study_search), the sweep's a fixed order of runs (autotune.sweep_runs), replay's
+a study answered by a recorded surface (autotune.replay.search, with SurfaceDraws).
 
 The loop itself owns what every search shares: one evaluator per slot (GPU), each slot
 asking, measuring and telling on its own (several slots in threads); Ctrl-C (a first
@@ -35,7 +35,7 @@ WAIT, DONE = object(), object()  # what Search.next returns besides a Step
 class Step:
     """One measurement a search asks for."""
 
-    request: BenchRequest
+    request: BenchRequest | Any  # what the evaluator measures (replay: a config's index on the surface)
     timeout_s: float
     item: Any = None  # what the search measures: a trial and its params, a sweep's run
     on_tick: Callable[[], None] | None = None  # about every tick_s while it runs (heartbeats)

@@ -2,12 +2,13 @@
 
 - FreshProcess: one `python -m autotune.bench` process per measurement.
 - WarmWorker: one long-lived worker per slot, replaced after any failure (the default).
-- SurfaceEvaluator: a recorded surface answers (replay, tests).
+- SurfaceEvaluator: a recorded surface answers (tests).
+- SurfaceDraws: a replayed surface's samples answer, drawn at random (replay).
 """
 
 from autotune.evaluators.base import PROCESS_MODES, Evaluator
 from autotune.evaluators.fresh import FreshProcess
-from autotune.evaluators.surface import SurfaceEvaluator
+from autotune.evaluators.surface import SurfaceDraws, SurfaceEvaluator
 from autotune.evaluators.warm import WarmWorker
 
 
@@ -20,4 +21,4 @@ def make_evaluator(process: str, *, command=None, env=None) -> Evaluator:
     raise ValueError(f"process must be one of {', '.join(PROCESS_MODES)}, got {process!r}")
 
 
-__all__ = ["PROCESS_MODES", "Evaluator", "FreshProcess", "SurfaceEvaluator", "WarmWorker", "make_evaluator"]
+__all__ = ["PROCESS_MODES", "Evaluator", "FreshProcess", "SurfaceDraws", "SurfaceEvaluator", "WarmWorker", "make_evaluator"]

@@ -1,15 +1,20 @@
 """A recorded surface as an evaluator: configs are answered from earlier runs.
 
-Each config holds the results its recorded runs gave (a sweep's surface file keeps them
-per config); measuring a config again returns its next recorded run, in turn, the way a
-live re-measurement gives another sample. A config without runs fails as 'missing'.
-This lets the search loop run without a device: in tests, and for replay.
+- SurfaceEvaluator: each config holds the results its recorded runs gave (a sweep's
+  surface file keeps them per config); measuring a config again returns its next
+  recorded run, in turn, the way a live re-measurement gives another sample. A config
+  without runs fails as 'missing'. This lets the search loop run without a device.
+- SurfaceDraws: replay's evaluator (autotune.replay.search). A request is a config's
+  index on a replayed surface; measuring it returns one of the config's recorded samples
+  drawn at random from a seeded stream, so the noise is real and a seed repeats it.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from autotune.bench.config import BenchRequest
 from autotune.bench.result import BenchResult
@@ -54,6 +59,26 @@ class SurfaceEvaluator:
         if result.ok:
             result = BenchResult.from_dict({**result.raw, "config": request.to_dict()})
         return TrialOutcome(result, "", self.wall_s, 0 if result.ok else 1)
+
+    def close(self) -> None:
+        pass
+
+
+class SurfaceDraws:
+    def __init__(self, samples: Sequence[np.ndarray], rng: np.random.Generator, objective: str):
+        """samples: per config index, its recorded samples (none: the config failed when run);
+        a measured value is the result's metric `objective`."""
+        self.samples, self.rng, self.objective = samples, rng, objective
+
+    def measure(self, request: int, *, timeout_s: float = 0.0, on_tick=None, tick_s: float = 10.0,
+                cancel=None, on_start=None) -> TrialOutcome:
+        """One draw: instant, so there is nothing to tick, cancel or start."""
+        samples = self.samples[request]
+        if not len(samples):
+            failed = BenchResult.failure("failed", f"config {request} failed when it was recorded")
+            return TrialOutcome(failed, "", 0.0, 1)
+        value = float(samples[self.rng.integers(len(samples))])
+        return TrialOutcome(BenchResult("ok", metrics={self.objective: value}), "", 0.0, 0)
 
     def close(self) -> None:
         pass

@@ -1,4 +1,6 @@
-"""Replay: drive a sampler through Optuna ask/tell against a recorded surface.
+"""Replay: drive a sampler through Optuna ask/tell against a recorded surface, on the
+search loop that `tune` and `sweep` use (autotune.loop): the run is a ReplaySearch
+(autotune.replay.search), its measurements SurfaceDraws (autotune.evaluators.surface).
 
 The evaluation model: a first visit to a valid config costs one evaluation and returns
 one of its recorded samples drawn at random (a failing config returns a FAIL trial); a
@@ -16,21 +18,23 @@ strategy NAME instead (autotune.replay.peers).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
 
+from autotune.evaluators.surface import SurfaceDraws
+from autotune.loop import SearchLoop
 from autotune.replay.baseline import budget_for, random_curve
 from autotune.replay.peers import is_peer, kt_first_visits
 from autotune.replay.scoring import REACH_AT
+from autotune.replay.search import ReplaySearch
 from autotune.replay.surface import Surface
-from autotune.strategies import STRATEGY_ATTR, STRATEGY_NAMES, SpaceExhausted, StrategySampler, make_sampler
+from autotune.strategies import STRATEGY_NAMES, make_sampler
 from autotune.warm_start import seed_study
+from autotune.workers import Slot
 
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
 ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
@@ -38,8 +42,6 @@ ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
 DEFAULT_STRATEGIES = tuple(n for n in ALL_STRATEGIES if n != "gp")
 NOISE_STREAM = 0x5EED  # the noise draws use their own stream, apart from the sampler's
 START_STREAM = 0x57A7  # the first config of a seed's runs, the same for every strategy
-START_LABEL = "start"
-WARM_LABEL = "warm start"
 
 
 def build_sampler(name: str, surface: Surface, seed: int,
@@ -101,60 +103,16 @@ def replay_run(surface: Surface, strategy: str, seed: int, max_evals: int, *,
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per replayed study and trial is noise
     sampler = sampler_factory() if sampler_factory else build_sampler(strategy, surface, seed, options)
     study = optuna.create_study(direction=surface.direction, sampler=sampler)
-    space = surface.space
     if start:
-        study.enqueue_trial(dict(space.configs[start_index(surface, seed)]))
-    seeded = len(seed_study(study, warm_start, space=space)) if warm_start else 0
-    dists = space.distributions()
-    noise = np.random.default_rng([seed, NOISE_STREAM])
-    filled = surface.filled_values()
-    penalty = surface.worst
-    own = isinstance(sampler, StrategySampler)
-    told: dict[int, float | None] = {}  # config index -> what its first visit returned
-    best: list[float] = []
-    trace = RunTrace(strategy, seed, np.zeros(0), [])
-    current = None
-    stalled = 0
-    while len(best) < max_evals and trace.proposals < max_proposals and stalled < stall_limit:
-        asked_at = time.perf_counter()
-        trial = study.ask()
-        try:
-            params = {k: trial.suggest_categorical(k, dists[k].choices) for k in space.knob_names}
-        except SpaceExhausted:
-            study.tell(trial, state=TrialState.FAIL)
-            trace.exhausted = True
-            break
-        trace.proposal_s.append(time.perf_counter() - asked_at)
-        trace.proposals += 1
-        index = space.index(params)
-        observed: float | None = None
-        if index is None:
-            trace.invalid += 1
-            stalled += 1
-        elif index in told:
-            trace.revisits += 1
-            stalled += 1
-            observed = told[index]
-        else:
-            stalled = 0
-            samples = surface.samples[index]
-            observed = float(samples[noise.integers(len(samples))]) if len(samples) else None
-            told[index] = observed
-            value = filled[index]
-            current = value if current is None else surface.best_of(np.array([current, value]))
-            best.append(current)
-            label = trial.user_attrs.get(STRATEGY_ATTR, strategy)
-            if trial.number < int(start) + seeded:
-                label = START_LABEL if start and trial.number == 0 else WARM_LABEL
-            trace.proposed_by.append(str(label))
-        if observed is not None:
-            study.tell(trial, observed)
-        elif own:
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, penalty)
-    trace.best = np.asarray(best)
-    return trace
+        study.enqueue_trial(dict(surface.space.configs[start_index(surface, seed)]))
+    seeded = len(seed_study(study, warm_start, space=surface.space)) if warm_start else 0
+    search = ReplaySearch(study, surface, strategy, max_evals=max_evals, max_proposals=max_proposals,
+                          stall_limit=stall_limit, start=start, seeded=seeded)
+    draws = SurfaceDraws(surface.samples, np.random.default_rng([seed, NOISE_STREAM]), surface.objective)
+    SearchLoop(search, [(Slot(), draws)]).run()
+    return RunTrace(strategy, seed, np.asarray(search.best), search.proposed_by, proposals=search.proposals,
+                    invalid=search.invalid, revisits=search.revisits, exhausted=search.exhausted,
+                    proposal_s=search.proposal_s)
 
 
 def start_index(surface: Surface, seed: int) -> int:
