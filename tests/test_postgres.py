@@ -319,7 +319,7 @@ def test_two_tuners_share_a_study_without_measuring_a_config_twice(tmp_path, pg_
     bests = [BEST.search(out).groups() for out, _ in outputs]
     assert bests[0] == bests[1]  # both report the same best, after the other's trials
     assert study.user_attrs["confirmation"]["n_finished"] == 10  # confirmed once, over all trials
-    assert sum("confirmation:" in out for out, _ in outputs) == 2
+    assert sum("  verdict: " in out for out, _ in outputs) == 2
 
 
 # ------------------------------------------------ end to end, real benchmark
