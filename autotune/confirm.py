@@ -48,6 +48,7 @@ from autotune.bench.stats import summary
 from autotune.objective import Baseline, recall_of, score_samples
 from autotune.spec import ConfirmationSpec, ObjectiveSpec
 from autotune.trials import TrialOutcome
+from autotune.verdict import plural
 
 ATTR = "confirmation"
 # measure(params, repeats) -> outcome; returns None when the user cancelled it.
@@ -225,8 +226,8 @@ def confirm(
         verdict.reason = "no feasible config scored above the baseline in the search"
         return _store(study, verdict)
 
-    log(f"confirming: baseline and {len(picked)} config(s) with {settings.repeats} repeats each "
-        f"in {settings.processes} process(es)")
+    log(f"confirming: baseline and {plural(len(picked), 'config')} with {settings.repeats} repeats each "
+        f"in {plural(settings.processes, 'process', 'processes')}")
     measured = [baseline_trial, *picked]
     outcomes: list[list[TrialOutcome]] = [[] for _ in measured]
     for repeats in split_repeats(settings.repeats, settings.processes):

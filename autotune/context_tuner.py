@@ -28,6 +28,7 @@ from autotune.study_search import Budget, StudySearch
 from autotune.store import STALE_AFTER_S, StorageURL
 from autotune.trials import TrialOutcome
 from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say
+from autotune.verdict import plural
 from autotune.workers import Slot
 
 
@@ -105,7 +106,7 @@ class ContextTuner:
     def _note_rate(self, measured: int, seconds: float) -> None:
         """This run's throughput, and with --gpus the study's trials per GPU."""
         if measured and seconds > 0:
-            self._note(f"this run measured {measured} trials in {fmt_time(seconds)} "
+            self._note(f"this run measured {plural(measured, 'trial')} in {fmt_time(seconds)} "
                        f"({measured / seconds * 3600:.0f}/hour, {self.process} benchmark processes)")
         if len(self.slots) > 1:
             per_gpu: dict[int, int] = {}
@@ -128,7 +129,7 @@ class ContextTuner:
             if not running:
                 return
             if not said:
-                say(f"L{self.context}: waiting for {len(running)} trial(s) of other workers before confirming")
+                say(f"L{self.context}: waiting for {plural(len(running), 'trial')} of other workers before confirming")
                 said = True
             time.sleep(WAIT_S)
 
