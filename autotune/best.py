@@ -9,7 +9,7 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.export import confirmed_metrics, export_choice
 from autotune.verdict import plain_verdict
-from autotune.views import (
+from autotune.store.views import (
     KNOBS,
     StudyView,
     add_store_arguments,

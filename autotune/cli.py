@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     if name == "tune":
-        from autotune.preflight import tune_refusal
+        from autotune.store.preflight import tune_refusal
 
         refusal = tune_refusal(rest)
         if refusal:

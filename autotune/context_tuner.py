@@ -18,14 +18,15 @@ from optuna.trial import TrialState
 from autotune import confirm as confirmation
 from autotune import records as R
 from autotune.evaluators import FreshProcess, make_evaluator
-from autotune.locks import NamedLocks
+from autotune.store.locks import NamedLocks
 from autotune.loop import WAIT_S, SearchLoop
 from autotune.objective import score
 from autotune.session import StudySession
 from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
 from autotune.study_search import Budget, StudySearch
-from autotune.store import STALE_AFTER_S, StorageURL
+from autotune.store.recovery import STALE_AFTER_S
+from autotune.store.storage import StorageURL
 from autotune.trials import TrialOutcome
 from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say
 from autotune.verdict import plural

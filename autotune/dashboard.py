@@ -14,7 +14,7 @@ import sys
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from autotune.views import add_store_arguments, open_storage, redact_url, storage_from_args
+from autotune.store.views import add_store_arguments, open_storage, redact_url, storage_from_args
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):

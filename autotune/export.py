@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.names import KERNEL_KNOBS
-from autotune.views import (
+from autotune.store.views import (
     KNOBS,
     StudyView,
     add_store_arguments,

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotune.views import (
+from autotune.store.views import (
     StudyView,
     add_store_arguments,
     is_feasible,

@@ -4,7 +4,7 @@ A StudySession creates the study of one context length (or resumes the newest of
 family, refusing another machine's or another spec's), fixes the baseline config (the
 runner's current default for this prompt length), adopts the baseline's speeds once
 some worker measured them, and fails and queues again the trials a stopped tuner left
-RUNNING. On a shared store these steps hold the study's named lock (autotune.locks).
+RUNNING. On a shared store these steps hold the study's named lock (autotune.store.locks).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from optuna.trial import FrozenTrial, TrialState
 from autotune import confirm as confirmation
 from autotune import records as R
 from autotune.errors import UserError
-from autotune.locks import NamedLocks
+from autotune.store.locks import NamedLocks
 from autotune.names import KERNEL_KNOBS, KNOBS
 from autotune.objective import Baseline
 from autotune.records import TrialRecord
 from autotune.spec import StudySpec
-from autotune.store import OpenedStudy, StorageURL, open_study, recover_stale_trials, study_name
+from autotune.store.storage import OpenedStudy, StorageURL, open_study
+from autotune.store.recovery import recover_stale_trials
+from autotune.store.layout import study_name
 from autotune.tune_output import fmt_config, say
 from autotune.warm_start import WarmStartError, seed_study, study_in_store
 

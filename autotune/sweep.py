@@ -196,7 +196,7 @@ class Journal:
                 raise UserError(f"{exc}; remove it or choose another --out") from None
             differ = header_differences(stored, header)
             if "machine" in differ:
-                from autotune.store import describe_fingerprint
+                from autotune.store.storage import describe_fingerprint
 
                 there = (describe_fingerprint(stored["machine"]) if stored.get("machine")
                          else "a machine it does not name (an older journal)")
@@ -227,7 +227,7 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
     from autotune.evaluators import make_evaluator
-    from autotune.store import machine_fingerprint
+    from autotune.store.storage import machine_fingerprint
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -1,6 +1,6 @@
 """`autotune tune`: search the scheduling knobs for each context length of a study spec.
 
-Per context length one Optuna study (autotune.store names it). Its first trial is the
+Per context length one Optuna study (autotune.store.layout names it). Its first trial is the
 baseline, the runner's current default config; then the spec's strategy proposes
 configs until the budget (trials and/or wall time) ends; each is measured in a
 benchmark process (a warm worker by default, autotune.evaluators), scored (autotune.objective) and told to Optuna with
@@ -11,7 +11,7 @@ trial's benchmark (its config is queued for the next run). A killed tuner resume
 when the same command runs again.
 
 Several tuners may share a server store (PostgreSQL): proposals, recovery and
-confirmation take named locks in the database (autotune.locks), running trials send
+confirmation take named locks in the database (autotune.store.locks), running trials send
 heartbeats, and a trial whose worker is gone is failed and queued again once. With
 --gpus each GPU slot drives its own evaluator (autotune.loop, autotune.workers).
 """
@@ -28,12 +28,13 @@ import optuna
 from autotune.errors import UserError
 from autotune.context_tuner import ContextTuner, TuneOptions
 from autotune.spec import PROCESSES, StudySpec, load_spec
-from autotune.locks import NamedLocks
 from autotune.stop_control import StopControl
-from autotune.store import STALE_AFTER_S, WriterLock, machine_fingerprint, open_storage, parse_storage_url
+from autotune.store.recovery import STALE_AFTER_S
+from autotune.store.locks import NamedLocks, WriterLock
+from autotune.store.storage import machine_fingerprint, open_storage, parse_storage_url
 from autotune.tune_output import ContextResult, next_steps, say, summary_lines
 from autotune.verdict import publish
-from autotune.views import redact_url
+from autotune.store.views import redact_url
 from autotune.workers import gpu_slots, parse_gpus
 
 __all__ = ["ContextTuner", "StopControl", "TuneOptions", "add_arguments", "run", "tune"]

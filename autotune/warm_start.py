@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from autotune.space import DiscreteSpace
 from autotune.strategies.history import WARM_START_ATTR
-from autotune.views import parse_study_name
+from autotune.store.layout import parse_study_name
 
 DEFAULT_TOP = 3  # configs of the ranking measured first
 MAX_RANKING = 100  # configs of the ranking kept as the prior

@@ -4,7 +4,7 @@ certainly gone, and the benchmark slots of `--gpus` (one child per GPU at a time
 A trial records its worker (user attr 'worker': host, pid, pid namespace). On the
 same host and pid namespace a worker whose pid no longer exists is gone for sure, so a
 restarted tuner takes over its trials at once; anywhere else only the heartbeat lease
-(autotune.store) tells, since a pid on another host says nothing here.
+(autotune.store.recovery) tells, since a pid on another host says nothing here.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ import pytest
 
 from autotune.cli import main
 from autotune.spec import load_spec
-from autotune.store import StoreError, WriterLock, open_study
+from autotune.store.storage import StoreError, open_study
+from autotune.store.locks import WriterLock
 from autotune.tune import TuneOptions, tune
 from test_tune import FAKE_BENCH
 from tiny_study import tiny_spec_text

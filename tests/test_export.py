@@ -10,7 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from autotune.views import load_views, open_storage, parse_study_name
+from autotune.store.layout import parse_study_name
+from autotune.store.views import load_views, open_storage
 from autotune.cli import main
 from autotune.defaults import DefaultsWarning, pick_choice
 from autotune.export import build_defaults, read_confirmation, write_atomic

@@ -12,8 +12,7 @@ import pytest
 
 from autotune.cli import main
 from autotune.defaults import DefaultsWarning, pick_choice
-from autotune.store import study_name
-from autotune.views import parse_study_name
+from autotune.store.layout import parse_study_name, study_name
 from outputs_fixtures import add_study, confirmation_attr, make_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

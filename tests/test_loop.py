@@ -11,12 +11,12 @@ from optuna.trial import TrialState
 
 from autotune.evaluators import SurfaceEvaluator
 from autotune.evaluators.surface import config_key
-from autotune.locks import NamedLocks
+from autotune.store.locks import NamedLocks
 from autotune.loop import NoStop, SearchLoop
 from autotune.records import TrialRecord
 from autotune.session import StudySession
 from autotune.spec import load_spec
-from autotune.store import open_storage, parse_storage_url
+from autotune.store.storage import open_storage, parse_storage_url
 from autotune.study_search import Budget, StudySearch
 from autotune.tune_output import Progress
 from autotune.workers import Slot

@@ -171,7 +171,7 @@ def _all_at_once(n: int, work) -> list:
 
 
 def test_workers_opening_a_fresh_database_together_all_get_the_store(pg_url):
-    from autotune.store import open_storage, parse_storage_url
+    from autotune.store.storage import open_storage, parse_storage_url
 
     location = parse_storage_url(pg_url)
     storages = _all_at_once(6, lambda i: open_storage(location))  # each creates Optuna's tables
@@ -179,8 +179,8 @@ def test_workers_opening_a_fresh_database_together_all_get_the_store(pg_url):
 
 
 def test_concurrent_workers_create_one_study_with_its_attrs(pg_url):
-    from autotune.locks import NamedLocks
-    from autotune.store import open_study, parse_storage_url, open_storage
+    from autotune.store.locks import NamedLocks
+    from autotune.store.storage import open_study, parse_storage_url, open_storage
 
     location = parse_storage_url(pg_url)
     open_storage(location)  # the tables; each worker below opens its own storage and connections
@@ -216,8 +216,8 @@ class _nothing:
 
 
 def test_concurrent_recovery_queues_each_cut_off_config_once(pg_url):
-    from autotune.locks import NamedLocks
-    from autotune.store import recover_stale_trials
+    from autotune.store.locks import NamedLocks
+    from autotune.store.recovery import recover_stale_trials
 
     study = optuna.create_study(study_name="s", storage=pg_url, direction="maximize")
     cut = []
@@ -245,7 +245,7 @@ def test_concurrent_recovery_queues_each_cut_off_config_once(pg_url):
 
 HOLDER = """
 import sys, time
-from autotune.locks import NamedLocks
+from autotune.store.locks import NamedLocks
 with NamedLocks(sys.argv[1]).hold("study:s"):
     print("held", flush=True)
     time.sleep(120)
@@ -255,7 +255,7 @@ with NamedLocks(sys.argv[1]).hold("study:s"):
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path, pg_url):
     import sqlalchemy as sa
 
-    from autotune.locks import NamedLocks
+    from autotune.store.locks import NamedLocks
 
     (tmp_path / "holder.py").write_text(HOLDER)
     holder = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), pg_url], stdout=subprocess.PIPE, text=True)

@@ -342,7 +342,7 @@ def fake_sweep(tmp_path):
 def this_machine() -> dict[str, str]:
     import torch
 
-    from autotune.store import machine_fingerprint
+    from autotune.store.storage import machine_fingerprint
 
     return machine_fingerprint(torch.device("cpu"))
 

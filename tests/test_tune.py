@@ -24,7 +24,9 @@ from optuna.trial import TrialState
 from autotune.errors import UserError
 from autotune.objective import Baseline, recall_violation, score, score_samples
 from autotune.spec import ObjectiveSpec, load_spec
-from autotune.store import StoreError, WriterLock, parse_storage_url, study_name
+from autotune.store.storage import StoreError, parse_storage_url
+from autotune.store.locks import WriterLock
+from autotune.store.layout import study_name
 from autotune.tune import ContextTuner, TuneOptions, tune
 from tiny_study import tiny_spec_text, wait_for
 
@@ -428,7 +430,7 @@ def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from autotune.store import WriterLock
+        from autotune.store.locks import WriterLock
         WriterLock(Path({str(db)!r})).acquire()
         print("locked", flush=True)
         time.sleep(300)
@@ -467,7 +469,7 @@ def test_relative_sqlite_path_is_taken_from_the_working_directory(tmp_path, monk
 
 
 def test_unreachable_server_is_a_clear_error():
-    from autotune.store import open_storage
+    from autotune.store.storage import open_storage
 
     pytest.importorskip("psycopg")
     location = parse_storage_url("postgresql+psycopg://nobody@127.0.0.1:1/none")

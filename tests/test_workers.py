@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from autotune.errors import UserError
 from autotune.spec import load_spec
-from autotune.store import is_stale, recover_stale_trials
+from autotune.store.recovery import is_stale, recover_stale_trials
 from autotune.tune import TuneOptions, tune
 from autotune.workers import gpu_slots, identity, is_gone, parse_gpus
 from tiny_study import tiny_spec_text
@@ -216,7 +216,7 @@ def test_bad_gpu_lists_are_refused_by_the_command_line(capsys):
 
 def test_a_second_tuner_on_one_sqlite_file_stops_with_one_clear_line(tmp_path):
     """SQLite keeps one writer: several workers need a server store, and the message says so."""
-    from autotune.store import WriterLock
+    from autotune.store.locks import WriterLock
 
     _spec(tmp_path)
     db = tmp_path / "t.db"

@@ -1,15 +1,13 @@
 """The read side of the store that `best`, `export`, `report` and `dashboard` share.
 
-Study names f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}" (with `~N` for a
-study started beside an older one), the baseline trial (user attr baseline: true),
-feasibility (the 'recall_floor' constraint), metric medians, and opening a store for
-reading without ever creating one.
+The studies a spec owns (names parsed by autotune.store.layout), the baseline trial
+(user attr baseline: true), feasibility (the 'recall_floor' constraint), metric
+medians, and opening a store for reading without ever creating one.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,43 +15,7 @@ from typing import Any
 from autotune.objective import median
 from autotune.names import KNOBS
 from autotune.spec import DEFAULT_STORAGE
-
-# `--new-study` starts `{name}~2`, `~3`, ... beside an old study; the newest is current.
-_NAME = re.compile(
-    r"^(?P<shape>[^/]+)/(?P<device_kind>[^/]+)/(?P<backends>[^/]+)/L(?P<context>\d+)(?:/B(?P<batch>\d+))?"
-    r"(?:~(?P<generation>\d+))?$"
-)
-
-
-@dataclass(frozen=True)
-class StudyKey:
-    """What a study name says: one study per (shape, device kind, backends, context, batch)."""
-
-    shape: str
-    device_kind: str
-    backends: tuple[str, ...]
-    context: int
-    generation: int = 1  # 1 for `name`, N for `name~N`
-    batch: int = 1  # `/B<batch>` in the name; none for batch 1
-
-    @property
-    def family(self) -> tuple:
-        return (self.shape, self.device_kind, self.backends, self.context, self.batch)
-
-
-def parse_study_name(name: str) -> StudyKey | None:
-    """The parts of a study name written by `autotune tune`; None for other studies."""
-    match = _NAME.match(name)
-    if not match:
-        return None
-    return StudyKey(
-        shape=match["shape"],
-        device_kind=match["device_kind"],
-        backends=tuple(match["backends"].split("+")),
-        context=int(match["context"]),
-        generation=int(match["generation"] or 1),
-        batch=int(match["batch"] or 1),
-    )
+from autotune.store.layout import StudyKey, parse_study_name
 
 
 def open_storage(url: str):

@@ -3,7 +3,7 @@
 Importing the tuner (torch, Optuna, SQLAlchemy, the strategies) takes seconds, tens of
 seconds on a loaded machine. A second tuner on a SQLite store is refused anyway once
 it tries the writer lock; this module tries the same lock first, with the standard
-library only, and the tuner takes it for real later (autotune.store.WriterLock).
+library only, and the tuner takes it for real later (autotune.store.locks.WriterLock).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Named locks shared by every tuner of one store.
+"""The locks of a store: one writer per SQLite file (WriterLock), and named locks
+shared by every tuner of a server store (NamedLocks).
 
 Several tuners (processes, machines, and the per-GPU threads of one tuner) work on one
 study. A few steps must not interleave: proposing a config (a sampler reads the study,
@@ -11,21 +12,71 @@ its own. The database ends a dead worker's connection and with it the lock, so a
 never leaves a lock behind: at once when the worker's host closes the socket, and on
 PostgreSQL within about a minute when the whole host is gone (the server probes lock
 connections with TCP keepalives instead of the system default of two hours). On SQLite
-the writer lock (autotune.store) already keeps other processes out; only this
-process's threads are serialised.
+the writer lock already keeps other processes out; only this process's threads are
+serialised.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import sqlalchemy as sa
+
+from autotune.store.preflight import busy_message, lock_path
+from autotune.store.storage import StoreError
 
 TABLE = "autotune_locks"
 _metadata = sa.MetaData()
 _locks = sa.Table(TABLE, _metadata, sa.Column("name", sa.String(512), primary_key=True))
+
+
+class WriterLock:
+    """One tuner per SQLite file: an exclusive `flock` on `<db>-lock`, holding the
+    owner's pid. The kernel drops the lock when the owner dies (even by kill -9), so
+    a stale lock file never blocks a resume."""
+
+    def __init__(self, db_path: Path):
+        self.db_path = db_path
+        self.path = lock_path(db_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> "WriterLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(busy_message(self.db_path, holder)) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
 # PostgreSQL server settings of the lock connections: a dead peer is noticed after
@@ -59,8 +110,6 @@ class NamedLocks:
         return cls(storage.engine.url if shared else None)
 
     def _create_table(self) -> None:
-        from autotune.store import StoreError
-
         for attempt in range(2):
             try:
                 _metadata.create_all(self._engine, checkfirst=True)

@@ -1,17 +1,8 @@
-"""The Optuna store: storage URLs, the SQLite writer lock, study names and
-fingerprints, and recovery of trials a killed tuner left RUNNING.
-
-One study per (model shape, device kind, backends, context length), named
-`{shape}/{device_kind}/{backend+backend}/L{context}`. A study started beside an
-existing one with `--new-study` gets the next free suffix `~2`, `~3`, ...; a plain run
-resumes the newest study of that family.
-"""
+"""Opening the Optuna store: storage URLs, the RDB storage (SQLite in WAL mode),
+studies with their machine fingerprint and spec identity checks."""
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -20,17 +11,11 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
 
 from autotune.errors import UserError
 from autotune.errors import missing_driver
-from autotune.preflight import busy_message, lock_path
+from autotune.store.layout import family, next_name
 
-SUFFIX_SEP = "~"
-# A RUNNING trial whose heartbeat is older than this is stale on a shared (non-SQLite)
-# store; trials send a heartbeat every HEARTBEAT_S while their benchmark runs.
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 5 * HEARTBEAT_S
 METRIC_NAME = "score"  # the objective's name in Optuna (and so in the dashboard)
 SCHEMA_RACE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 
@@ -162,79 +147,7 @@ def _display(location: StorageURL) -> str:
     return make_url(location.url).render_as_string(hide_password=True)
 
 
-# ------------------------------------------------------------------ writer lock
-class WriterLock:
-    """One tuner per SQLite file: an exclusive `flock` on `<db>-lock`, holding the
-    owner's pid. The kernel drops the lock when the owner dies (even by kill -9), so
-    a stale lock file never blocks a resume."""
-
-    def __init__(self, db_path: Path):
-        self.db_path = db_path
-        self.path = lock_path(db_path)
-        self._fd: int | None = None
-
-    def acquire(self) -> "WriterLock":
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = ""
-            try:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            except OSError:
-                pass
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreError(busy_message(self.db_path, holder)) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self) -> "WriterLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-# ------------------------------------------------------------ names, fingerprint
-def study_name(shape: str, device_kind: str, backends: tuple[str, ...] | list[str], context: int,
-               batch: int = 1) -> str:
-    """`shape/device/backends/L<context>`, with `/B<batch>` for batches above 1 (so the
-    studies of batch 1 keep the names they had before batch was a dimension)."""
-    name = f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}"
-    return name if batch == 1 else f"{name}/B{batch}"
-
-
-def family(names: list[str], base: str) -> list[str]:
-    """Studies named `base` or `base~N`, oldest first."""
-    found: list[tuple[int, str]] = []
-    for name in names:
-        if name == base:
-            found.append((1, name))
-        elif name.startswith(base + SUFFIX_SEP) and name[len(base) + 1 :].isdigit():
-            found.append((int(name[len(base) + 1 :]), name))
-    return [name for _, name in sorted(found)]
-
-
-def next_name(names: list[str], base: str) -> str:
-    existing = family(names, base)
-    if not existing:
-        return base
-    last = existing[-1]
-    n = 1 if last == base else int(last.rsplit(SUFFIX_SEP, 1)[1])
-    return f"{base}{SUFFIX_SEP}{n + 1}"
-
-
+# ------------------------------------------------------------------ fingerprint
 def machine_fingerprint(device) -> dict[str, str]:
     """What a measurement depends on beyond the config; the benchmark's env block
     reports the same fields from the same functions."""
@@ -330,77 +243,3 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b:
             keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
     return keys
-
-
-# ------------------------------------------------------------------- recovery
-def is_stale(trial: optuna.trial.FrozenTrial, *, single_writer: bool, now: float | None = None,
-             lease_s: float = STALE_AFTER_S) -> bool:
-    """A RUNNING trial nobody is measuring any more. With the SQLite writer lock held
-    every RUNNING trial is one; on a shared store, one whose worker is certainly gone
-    (same host, its process no longer exists) or whose heartbeat is older than the lease."""
-    if trial.state != TrialState.RUNNING:
-        return False
-    if single_writer:
-        return True
-    from autotune.workers import is_gone
-
-    if is_gone(trial.user_attrs.get("worker")):
-        return True
-    beat = trial.user_attrs.get("heartbeat")
-    if not isinstance(beat, (int, float)):
-        start = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-        beat = start
-    return (now or time.time()) - beat > lease_s
-
-
-def recover_stale_trials(storage: RDBStorage, study: optuna.Study, *, single_writer: bool,
-                         lease_s: float = STALE_AFTER_S) -> list[int]:
-    """Fail the stale RUNNING trials (user attr stale=true) and queue their configs
-    again, so each is measured once more and nothing is lost.
-
-    On a shared store the caller holds the study's lock (autotune.locks), so two workers
-    never recover one trial, nor queue one config, twice. A kill during recovery itself
-    leaves either a RUNNING trial (stale again next time) or a stale FAIL trial without
-    a successor, which the next recovery queues. Returns the numbers of the trials failed.
-    """
-    recovered = []
-    for trial in study.get_trials(deepcopy=False):
-        if not is_stale(trial, single_writer=single_writer, lease_s=lease_s):
-            continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "stale", True)
-            storage.set_trial_user_attr(trial._trial_id, "error_kind", "stale")
-            storage.set_trial_user_attr(
-                trial._trial_id, "error_message", "the tuner stopped during this trial; its config was queued again"
-            )
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # its worker was alive after all and finished it just now
-        recovered.append(trial.number)
-    requeue_stale_configs(study)
-    return recovered
-
-
-def requeue_stale_configs(study: optuna.Study) -> list[int]:
-    """Queue the config of each stale FAIL trial that has no successor yet (a trial with
-    user attr requeued_from = its number). Returns the numbers of the new trials' sources."""
-    trials = study.get_trials(deepcopy=False)
-    successors = {t.user_attrs.get("requeued_from") for t in trials}
-    queued = []
-    for trial in trials:
-        if trial.state != TrialState.FAIL or not trial.user_attrs.get("stale") or trial.number in successors:
-            continue
-        # A trial killed before its params were stored still has them if it was queued.
-        params = dict(trial.params) or _fixed_params(trial)
-        if not params:
-            continue
-        user_attrs: dict[str, Any] = {"requeued_from": trial.number}
-        if trial.user_attrs.get("baseline"):
-            user_attrs["baseline"] = True
-        study.enqueue_trial(params, user_attrs=user_attrs)
-        queued.append(trial.number)
-    return queued
-
-
-def _fixed_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    return dict(trial.system_attrs.get("fixed_params") or {})
