@@ -8,9 +8,8 @@ from typing import Any
 
 from autotune.errors import UserError
 from autotune.export import confirmed_metrics, export_choice
-from autotune.verdict import plain_verdict
+from autotune.names import KNOBS
 from autotune.store.views import (
-    KNOBS,
     StudyView,
     add_store_arguments,
     knobs_of,
@@ -20,6 +19,7 @@ from autotune.store.views import (
     redact_url,
     storage_from_args,
 )
+from autotune.verdict import plain_verdict
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotune.names import KERNEL_KNOBS
+from autotune.names import KERNEL_KNOBS, KNOBS
 from autotune.store.views import (
-    KNOBS,
     StudyView,
     add_store_arguments,
     load_views,
