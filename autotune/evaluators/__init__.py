@@ -6,10 +6,11 @@
 - SurfaceDraws: a replayed surface's samples answer, drawn at random (replay).
 """
 
-from autotune.evaluators.base import PROCESS_MODES, Evaluator
+from autotune.evaluators.base import Evaluator
 from autotune.evaluators.fresh import FreshProcess
 from autotune.evaluators.surface import SurfaceDraws, SurfaceEvaluator
 from autotune.evaluators.warm import WarmWorker
+from autotune.spec import PROCESSES
 
 
 def make_evaluator(process: str, *, command=None, env=None) -> Evaluator:
@@ -18,7 +19,7 @@ def make_evaluator(process: str, *, command=None, env=None) -> Evaluator:
         return WarmWorker(command, env)
     if process == "fresh":
         return FreshProcess(command, env)
-    raise ValueError(f"process must be one of {', '.join(PROCESS_MODES)}, got {process!r}")
+    raise ValueError(f"process must be one of {', '.join(PROCESSES)}, got {process!r}")
 
 
-__all__ = ["PROCESS_MODES", "Evaluator", "FreshProcess", "SurfaceDraws", "SurfaceEvaluator", "WarmWorker", "make_evaluator"]
+__all__ = ["Evaluator", "FreshProcess", "SurfaceDraws", "SurfaceEvaluator", "WarmWorker", "make_evaluator"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable, Protocol
 
 from autotune.bench.config import BenchRequest
-from autotune.spec import PROCESSES as PROCESS_MODES  # [trials] process / --process
 from autotune.trials import TrialOutcome
 
 

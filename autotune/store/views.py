@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from autotune.objective import median
-from autotune.names import KNOBS
 from autotune.spec import DEFAULT_STORAGE
 from autotune.store.layout import StudyKey, parse_study_name
 
