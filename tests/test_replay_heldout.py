@@ -34,3 +34,15 @@ def test_each_family_gets_the_variant_chosen_on_the_others(tmp_path, capsys):
     assert record["held_out"]["x"]["chosen"] == max(means["y"], key=means["y"].get)
     assert record["held_out"]["y"]["chosen"] == max(means["x"], key=means["x"].get)
     assert "Held out: x" in printed and "regression" in printed
+
+
+def test_a_variant_may_set_the_members_own_options():
+    from autotune.replay.heldout import variant_options
+    from autotune.strategies import make_strategy
+    from autotune.replay.synthetic import xlstm_surface
+
+    plain = {"members": ["bandit", "parzen"]}
+    assert variant_options(plain) == {"portfolio": plain}
+    full = {"portfolio": plain, "parzen": {"startup": 3}}
+    portfolio = make_strategy("portfolio", xlstm_surface(1).space, seed=0, options=variant_options(full))
+    assert portfolio.members["parzen"].startup == 3

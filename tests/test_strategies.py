@@ -187,6 +187,26 @@ def test_the_portfolio_is_deterministic_for_a_seed_where_a_region_fails():
     assert len({label for _, label in first}) >= 4
 
 
+def test_parzen_waits_for_its_startup_configs_before_modelling():
+    sampler = make_sampler("parzen", SPACE, seed=3)
+    parzen = sampler.strategy
+    study = drive(sampler, SPACE, parzen.startup - 1)
+    assert not parzen.ready(sampler.history(study))  # too few configs to split into good and bad
+    study = drive(sampler, SPACE, 1, study=study)
+    assert parzen.ready(sampler.history(study))
+
+
+def test_the_portfolio_passes_over_a_member_that_is_not_ready():
+    options = {"portfolio": {"warmup": 1}}
+    sampler = make_sampler("portfolio", SPACE, seed=4, options=options)
+    startup = sampler.strategy.members["parzen"].startup
+    study = drive(sampler, SPACE, startup + len(PORTFOLIO_MEMBERS))
+    labels = [t.user_attrs["strategy"] for t in study.trials]
+    assert "parzen" not in labels[:startup]  # Parzen lacks its start-up configs until then
+    # once ready it has never been used, so the meta-bandit gives it the next trial
+    assert labels[startup] == "parzen"
+
+
 def synthetic_history(entries):
     """A stand-in for History: (strategy, value) per finished trial, one config each."""
     from types import SimpleNamespace

@@ -69,6 +69,12 @@ def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, d
     return out
 
 
+def variant_options(variant: dict[str, Any]) -> dict[str, Any]:
+    """A variant's strategy options: the portfolio's own options, or, when it names
+    "portfolio", options per strategy (members' hyperparameters included)."""
+    return variant if "portfolio" in variant else {"portfolio": variant}
+
+
 def replay_families(args: argparse.Namespace) -> int:
     """`run`: replay the variants and references on each family's surfaces; write the summaries."""
     families: dict[str, list[str]] = {}
@@ -76,7 +82,7 @@ def replay_families(args: argparse.Namespace) -> int:
         name, _, paths = item.partition("=")
         families[name] = [p for p in paths.split(",") if p]
     variants = json.loads(Path(args.variants).read_text(encoding="utf-8"))
-    runs = {f"portfolio[{v}]": ("portfolio", {"portfolio": opts}) for v, opts in variants.items()}
+    runs = {f"portfolio[{v}]": ("portfolio", variant_options(opts)) for v, opts in variants.items()}
     runs.update({r: (r, None) for r in args.references.split(",") if r})
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="replay variants and references on families of surfaces")
     run.add_argument("--family", action="append", required=True, metavar="NAME=SURFACE,SURFACE",
                      help="a kernel family and its surfaces (repeatable)")
-    run.add_argument("--variants", required=True, help="JSON file: name -> portfolio options")
+    run.add_argument("--variants", required=True, help="JSON file: name -> portfolio options, or options per strategy with a 'portfolio' key")
     run.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
                      help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
     run.add_argument("--seeds", type=int, default=50)

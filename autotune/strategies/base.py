@@ -45,6 +45,10 @@ class Strategy(abc.ABC):
     def propose(self, history: History) -> Proposal:
         """A config index from history.free_indices() (history.n_free >= 1 is guaranteed)."""
 
+    def ready(self, history: History) -> bool:
+        """Whether its model has the data it needs; a portfolio picks only ready members."""
+        return True
+
     def reseed(self, rng: np.random.Generator) -> None:
         self.rng = rng
 

@@ -12,6 +12,9 @@ among those the feasibility model does not expect to fail. A warm start's rankin
 (History.prior) adds its best `gamma` fraction, not yet observed here, to the good set
 while the study has observed fewer than `prior_trials` configs: after that its own
 measurements decide (a ranking from a partial or different machine must not hold it).
+Before `startup` configs (10, TPE's usual start-up), observed or from the prior, it draws
+at random and a portfolio passes it over (`ready`): with a good set of one or two configs
+the density is a narrow neighbourhood of a config that is best only by chance.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ class ParzenStrategy(Strategy):
 
     def __init__(self, space: DiscreteSpace, rng: np.random.Generator, *, gamma: float = 0.2,
                  bandwidth: float = 0.3, prior_weight: float = 1.0, candidates: int = 24,
-                 max_good: int = 25, max_bad: int = 100, max_pool: int = 3000, prior_trials: int = 10):
+                 max_good: int = 25, max_bad: int = 100, max_pool: int = 3000, prior_trials: int = 10,
+                 startup: int = 10):
         super().__init__(space, rng)
+        self.startup = startup
         self.gamma, self.prior_weight, self.candidates = gamma, prior_weight, candidates
         self.max_good, self.max_bad, self.max_pool = max_good, max_bad, max_pool
         self.prior_trials = prior_trials
@@ -63,13 +68,21 @@ class ParzenStrategy(Strategy):
         top = parts.max(axis=1, keepdims=True)
         return (top[:, 0] + np.log(np.exp(parts - top).sum(axis=1))) - math.log(len(points) + self.prior_weight)
 
-    def propose(self, history: History) -> Proposal:
+    def prior_good(self, history: History) -> np.ndarray:
+        """The warm start's best configs not observed yet, while the prior still counts."""
         seen = history.observed
-        prior = history.prior if history.prior is not None and len(seen) < self.prior_trials else np.zeros(0, np.int64)
-        prior = prior[: max(1, math.ceil(self.gamma * len(prior)))]
-        prior = prior[~np.isin(prior, seen)]
-        if len(seen) + len(prior) < 2:
+        if history.prior is None or len(seen) >= self.prior_trials:
+            return np.zeros(0, np.int64)
+        prior = history.prior[: max(1, math.ceil(self.gamma * len(history.prior)))]
+        return prior[~np.isin(prior, seen)]
+
+    def ready(self, history: History) -> bool:
+        return len(history.observed) + len(self.prior_good(history)) >= self.startup
+
+    def propose(self, history: History) -> Proposal:
+        if not self.ready(history):
             return Proposal(history.random_free(self.rng), self.name)
+        seen, prior = history.observed, self.prior_good(history)
         u = history.utility()[seen]
         order = seen[np.argsort(-u, kind="stable")]
         n_good = min(self.max_good, max(1, math.ceil(self.gamma * len(seen)))) if len(seen) else 0

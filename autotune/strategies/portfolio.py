@@ -23,7 +23,8 @@ every earlier result, else 0 (credit="best", OpenTuner's). Warm-up trials earn n
 credit: they rank high only because they came first. `prior` gives every pool member
 one pseudo-use before its real ones (the named credit, 0.5, a median result, for the
 others); by default there is none: a member never used scores infinity, so right after the
-warm-up every member proposes once, in random order, and credit decides from then on
+warm-up every member proposes once, in random order (a member that is not `ready`, such as
+Parzen before its start-up, waits), and credit decides from then on
 (a member whose results rank low loses its turns within a few trials). Everything is read back from the study's
 trials and their 'strategy' attr, so credit survives a resume and counts the work of
 every worker.
@@ -155,7 +156,10 @@ class PortfolioStrategy(Strategy):
             return self.warmup_member
         if self.lead is not None and history.since_improvement() < self.patience:
             return self.lead
-        scores = self.scores(history)
+        # a member whose model lacks data (Parzen before its start-up) waits its turn
+        scores = {name: s for name, s in self.scores(history).items() if self.members[name].ready(history)}
+        if not scores:
+            return self.warmup_member
         top = max(scores.values())
         tied = [name for name, s in scores.items() if s >= top - 1e-12]
         return tied[int(self.rng.integers(len(tied)))]
