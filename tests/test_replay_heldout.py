@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autotune.replay.heldout import main
+from autotune.replay.heldout import main, variant_options
+from autotune.replay.synthetic import xlstm_surface
+from autotune.strategies import make_strategy
 
 SURFACES = Path(__file__).parent.parent / "studies" / "surfaces"
 
@@ -37,10 +39,6 @@ def test_each_family_gets_the_variant_chosen_on_the_others(tmp_path, capsys):
 
 
 def test_a_variant_may_set_the_members_own_options():
-    from autotune.replay.heldout import variant_options
-    from autotune.strategies import make_strategy
-    from autotune.replay.synthetic import xlstm_surface
-
     plain = {"members": ["bandit", "parzen"]}
     assert variant_options(plain) == {"portfolio": plain}
     full = {"portfolio": plain, "parzen": {"startup": 3}}
