@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from kernels import chunkwise_stages as stages
-from kernels.mlstm import MLSTMState, _compute_dtype, _state_or_zeros, mlstm_block
+from kernels.mlstm import EPS, MLSTMState, _compute_dtype, _state_or_zeros, mlstm_block
 from kernels.registry import DEFAULT_SUB_CHUNK, MIN_SUB_CHUNKS, current_run
 from kernels.split_matmul import cuda_has
 
@@ -72,7 +72,22 @@ def _run_triton(q, k, v, i, f, C0, n0, m0, sub_chunk: int, h: torch.Tensor):
     """The fused-kernel form for the first K * sub_chunk steps; h is written in place."""
     from kernels import triton_chunkwise  # Triton is optional: imported on this path only
 
-    return triton_chunkwise.run_window(q, k, v, i, f, C0, n0, m0, sub_chunk, h)
+    B, NH, S, DHQK = q.shape
+    DHV = v.shape[-1]
+    c = sub_chunk
+    K = S // c
+    f_log, i_m, b, m_start, m_end, g, w = stages.gates(i, f, m0, K, c, C0.dtype)
+    half = q.dtype if q.dtype == torch.float16 else torch.bfloat16  # exact copies of 16-bit inputs
+    q_m = stages.k_major(q, K, c, half)
+    k_m = stages.k_major(k, K, c, half)
+    v_m = stages.k_major(v, K, c, half)
+    slots = torch.empty((K + 1, B, NH, DHQK, stages.aug_width(DHV)), dtype=torch.float32, device=q.device)
+    slots[0, ..., :DHV] = C0
+    slots[0, ..., DHV] = n0
+    triton_chunkwise.chunk_states(k_m, v_m, w, g, slots)
+    triton_chunkwise.chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h[:, :, : K * c], EPS)
+    last = slots[K]
+    return last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1)
 
 
 METHODS = ("fp32", "split", "triton")

@@ -1,7 +1,7 @@
 """Triton kernels for the sub-chunked mLSTM form (kernels.chunkwise, mode 'triton'), and
 the one-pass split of fp32 values into three bf16 terms that its 'split' mode uses.
 
-Two kernels per call of `run_window`, for bf16 q, k, v on CUDA:
+Two kernels per call (kernels.chunkwise runs them), for bf16 q, k, v on CUDA:
 
 - chunk_states: every boundary state. One program owns a (DK block x DV tile) of one
   head's state and walks the K sub-chunks in order: it adds each sub-chunk's inputs
@@ -26,8 +26,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.chunkwise_stages import aug_width, gates, k_major
-from kernels.mlstm import EPS
 from kernels.registry import current_run
 
 
@@ -173,27 +171,6 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sub_chunk: int) ->
     """Whether these kernels take the call: bf16 on CUDA, a power-of-two sub-chunk >= 16."""
     return (q.device.type == "cuda" and q.dtype == k.dtype == v.dtype == torch.bfloat16
             and sub_chunk >= 16 and sub_chunk == triton.next_power_of_2(sub_chunk))
-
-
-def run_window(q, k, v, i, f, C0, n0, m0, sub_chunk: int, h: torch.Tensor):
-    """The fused-kernel form for the first K * sub_chunk steps; h is written in place.
-    Returns the state after them."""
-    B, NH, S, DHQK = q.shape
-    DHV = v.shape[-1]
-    c = sub_chunk
-    K = S // c
-    f_log, i_m, b, m_start, m_end, g, w = gates(i, f, m0, K, c, C0.dtype)
-    half = q.dtype if q.dtype == torch.float16 else torch.bfloat16  # exact copies of 16-bit inputs
-    q_m = k_major(q, K, c, half)
-    k_m = k_major(k, K, c, half)
-    v_m = k_major(v, K, c, half)
-    slots = torch.empty((K + 1, B, NH, DHQK, aug_width(DHV)), dtype=torch.float32, device=q.device)
-    slots[0, ..., :DHV] = C0
-    slots[0, ..., DHV] = n0
-    chunk_states(k_m, v_m, w, g, slots)
-    chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h[:, :, : K * c], EPS)
-    last = slots[K]
-    return last[..., :DHV].contiguous(), last[..., DHV].contiguous(), m_end[-1].unsqueeze(-1)
 
 
 @triton.jit
