@@ -63,7 +63,7 @@ def clear_cache() -> None:
 
 
 def _configure_dynamo() -> None:
-    import torch._dynamo.config as dynamo_config
+    import torch._dynamo.config as dynamo_config  # loads all of torch._dynamo: only once something compiles
 
     for name, value in (
         ("recompile_limit", RECOMPILE_LIMIT),

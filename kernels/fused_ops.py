@@ -35,7 +35,7 @@ def triton_available() -> str | None:
     if not torch.cuda.is_available():
         return "Triton kernels need a CUDA device"
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (optional: the probe is the import)
     except ImportError as exc:
         return f"Triton is not importable ({exc})"
     return None
@@ -56,6 +56,6 @@ def ops_for(device: torch.device | str, *, prefer: str = "auto"):
             raise ValueError(f"Triton ops unavailable: {reason}")
         current_run().fail("ops", "triton", reason, fallback="torch")  # on CUDA: a fallback, on record
         return TorchOps
-    from kernels.triton_ops import TritonOps
+    from kernels.triton_ops import TritonOps  # imports Triton: only where it is available
 
     return TritonOps

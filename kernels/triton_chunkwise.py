@@ -1,6 +1,7 @@
-"""Triton kernels for the sub-chunked mLSTM form (kernels.chunkwise, mode 'triton').
+"""Triton kernels for the sub-chunked mLSTM form (kernels.chunkwise, mode 'triton'), and
+the one-pass split of fp32 values into three bf16 terms that its 'split' mode uses.
 
-Two kernels per call, for bf16 q, k, v on CUDA:
+Two kernels per call (kernels.chunkwise runs them), for bf16 q, k, v on CUDA:
 
 - chunk_states: every boundary state. One program owns a (DK block x DV tile) of one
   head's state and walks the K sub-chunks in order: it adds each sub-chunk's inputs
@@ -170,3 +171,25 @@ def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sub_chunk: int) ->
     """Whether these kernels take the call: bf16 on CUDA, a power-of-two sub-chunk >= 16."""
     return (q.device.type == "cuda" and q.dtype == k.dtype == v.dtype == torch.bfloat16
             and sub_chunk >= 16 and sub_chunk == triton.next_power_of_2(sub_chunk))
+
+
+@triton.jit
+def _split3_kernel(x_ptr, out_ptr, inner, total, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < total
+    hi, lo, lo2 = _split3(tl.load(x_ptr + offs, mask=mask, other=0.0), tl.bfloat16)
+    base = (offs // inner) * (3 * inner) + offs % inner
+    tl.store(out_ptr + base, hi, mask=mask)
+    tl.store(out_ptr + base + inner, lo, mask=mask)
+    tl.store(out_ptr + base + 2 * inner, lo2, mask=mask)
+
+
+def split3_into(x: torch.Tensor, out: torch.Tensor, axis: int) -> None:
+    """kernels.split_matmul.split3 in one pass: x (fp32, contiguous) -> out (bf16, contiguous,
+    x's shape with 3 inserted before dimension `axis`)."""
+    inner = 1
+    for size in x.shape[axis:]:
+        inner *= size
+    total = x.numel()
+    block = 1024
+    _split3_kernel[(triton.cdiv(total, block),)](x, out, inner, total, BLOCK=block, num_warps=4)

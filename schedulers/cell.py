@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from kernels.compiled import compiled_block, compiled_step
+
 Kernel = Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
 
 
@@ -28,8 +30,6 @@ class ChunkRunner:
                  compile: bool = False, kernel: Kernel | None = None) -> None:
         self.T_inner = T_inner
         if kernel is None:
-            from kernels.compiled import compiled_block, compiled_step
-
             self._block = compiled_block(T_inner, device=device, dtype=dtype, compile=compile)
             self._step = compiled_step(device=device, dtype=dtype, compile=compile)
         else:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from schedulers.base import DEFAULT_WATCHDOG_S, Scheduler
 from schedulers.cell import Kernel
 from schedulers.plan import Knobs
+from schedulers.queued import QueuedScheduler
+from schedulers.ray_actors import RayScheduler
+from schedulers.sequential import SequentialScheduler
 
 BACKENDS = ("sequential", "queued", "ray")
 RAY_EXTRA = "pip install 'xlstm-autotune[ray]'"
@@ -14,8 +19,6 @@ RAY_EXTRA = "pip install 'xlstm-autotune[ray]'"
 
 def ray_missing() -> str | None:
     """Why the ray backend cannot run here (Ray is an optional extra), or None."""
-    import importlib.util
-
     if importlib.util.find_spec("ray") is None:
         return f"the ray backend needs Ray, which is not installed; install it with: {RAY_EXTRA}"
     return None
@@ -36,18 +39,12 @@ def make_scheduler(backend: str, knobs: Knobs, *, device: torch.device | str = "
     if backend != "ray" and address is not None:
         raise ValueError(f"address is a Ray option; backend {backend!r} takes none")
     if backend == "sequential":
-        from schedulers.sequential import SequentialScheduler
-
         return SequentialScheduler(knobs, **common)
     if backend == "queued":
-        from schedulers.queued import QueuedScheduler
-
         return QueuedScheduler(knobs, **common)
     if backend == "ray":
         problem = ray_missing()
         if problem:
             raise ValueError(problem)
-        from schedulers.ray_actors import RayScheduler
-
         return RayScheduler(knobs, address=address, **common)
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

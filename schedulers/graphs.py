@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.fastpath import FastModel
 from schedulers.counters import CounterBook, Counters
 from schedulers.plan import Knobs, make_plan
 
@@ -160,8 +161,6 @@ class StaticDecoder:
     kind = "static-eager"
 
     def __init__(self, model, knobs: Knobs, *, batch: int = 1, ops=None, fast=None):
-        from kernels.fastpath import FastModel
-
         self.model = model
         self.config = model.config
         self.knobs = knobs

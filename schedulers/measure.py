@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import statistics
 import sys
@@ -21,6 +22,7 @@ import time
 
 import torch
 
+from kernels import XLSTM, device_name, get_config, resolve_device, synchronize
 from schedulers.factory import BACKENDS, make_scheduler
 from schedulers.plan import Knobs, make_plan
 
@@ -47,8 +49,6 @@ def default_knobs(num_heads: int, context: int) -> list[Knobs]:
 
 
 def _clock(device: torch.device) -> float:
-    from kernels import synchronize
-
     synchronize(device)
     return time.perf_counter()
 
@@ -130,10 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _start_local_ray(num_cpus: int):
+    """One local Ray instance for every ray setting (a scheduler would start and stop its
+    own): its shutdown, or None where Ray already runs in this process."""
+    import ray  # an optional extra: imported only when a ray backend is measured
+
+    if ray.is_initialized():
+        return None
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return ray.shutdown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from kernels import XLSTM, device_name, get_config, resolve_device
-
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
@@ -151,17 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(0, config.vocab_size, (args.batch, args.context), generator=gen).to(device)
 
-    ray_started = False
+    stop_ray = None
     if "ray" in backends and args.address is None:
-        # One local instance for every ray setting (a scheduler would start and stop its own).
-        import logging
-
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(num_cpus=max(k.workers for k in knob_settings), include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING)
-            ray_started = True
+        stop_ray = _start_local_ray(max(k.workers for k in knob_settings))
     results = []
     for backend in backends:
         for knobs in knob_settings:
@@ -179,10 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 if result["status"] == "ok" else result["error"]), file=sys.stderr, flush=True)
             results.append(result)
 
-    if ray_started:
-        import ray
-
-        ray.shutdown()
+    if stop_ray is not None:
+        stop_ray()
     document = {
         "schema_version": 1,
         "command": "python -m schedulers.measure " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -145,7 +145,7 @@ class RayScheduler(Scheduler):
 
     def __init__(self, knobs, *, address: str | None = None, **kwargs) -> None:
         super().__init__(knobs, **kwargs)
-        import ray
+        import ray  # an optional extra: imported only when a ray scheduler is made
 
         self._ray = ray
         self._uid = uuid.uuid4().hex

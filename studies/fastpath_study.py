@@ -314,7 +314,7 @@ def section_sweep(res):
     L2 flushed between runs): which tiles the production list should hold."""
     import triton
 
-    import kernels.triton_ops as to
+    import kernels.triton_gemv as tg
 
     dev = "cuda"
     bf = torch.bfloat16
@@ -324,26 +324,26 @@ def section_sweep(res):
     h, o = torch.randn(d, device=dev, dtype=bf), torch.randn(d, device=dev, dtype=bf)
     gu = torch.randn(2 * hidden, device=dev, dtype=bf)
     cases = {
-        "qkvoif_rms_bias": (12304, d, to.PRO_RMS, dict(bias=torch.randn(12304, device=dev, dtype=bf), p1=nw)),
-        "out_head_norm_res": (d, d, to.PRO_HEAD_NORM, dict(residual=x, p1=o, p2=nw)),
-        "up2_rms": (2 * hidden, d, to.PRO_RMS, dict(p1=nw)),
-        "down_silu_res": (d, hidden, to.PRO_SILU, dict(residual=x)),
-        "lm_head_rms_cap": (50304, d, to.PRO_RMS, dict(p1=nw, soft_cap=30.0)),
+        "qkvoif_rms_bias": (12304, d, tg.PRO_RMS, dict(bias=torch.randn(12304, device=dev, dtype=bf), p1=nw)),
+        "out_head_norm_res": (d, d, tg.PRO_HEAD_NORM, dict(residual=x, p1=o, p2=nw)),
+        "up2_rms": (2 * hidden, d, tg.PRO_RMS, dict(p1=nw)),
+        "down_silu_res": (d, hidden, tg.PRO_SILU, dict(residual=x)),
+        "lm_head_rms_cap": (50304, d, tg.PRO_RMS, dict(p1=nw, soft_cap=30.0)),
     }
     out = {}
     for name, (n, k, pro, kw) in cases.items():
         w = torch.randn(n, k, device=dev, dtype=bf) * 0.02
-        tuner = triton.autotune(configs=to._gemv_configs(SWEEP_TILES), key=["N", "K", "PROLOGUE", "DH"],
-                                prune_configs_by={"early_config_prune": to._head_norm_tiles}
-                                if pro == to.PRO_HEAD_NORM else None)(to._gemv_kernel)
-        inp = {to.PRO_RMS: x, to.PRO_HEAD_NORM: h, to.PRO_SILU: gu}[pro]
+        tuner = triton.autotune(configs=tg._gemv_configs(SWEEP_TILES), key=["N", "K", "PROLOGUE", "DH"],
+                                prune_configs_by={"early_config_prune": tg._head_norm_tiles}
+                                if pro == tg.PRO_HEAD_NORM else None)(tg._gemv_kernel)
+        inp = {tg.PRO_RMS: x, tg.PRO_HEAD_NORM: h, tg.PRO_SILU: gu}[pro]
         soft = kw.get("soft_cap")
         o_buf = torch.empty(n, device=dev, dtype=torch.float32 if soft else bf)
         args = (inp, w, o_buf, kw.get("bias", w), kw.get("residual", w), kw.get("p1", w), kw.get("p2", w),
                 n, k, w.stride(0), 1e-6, float(soft or 0.0))
         tuner[lambda m: (triton.cdiv(n, m["BLOCK_N"]),)](
             *args, PROLOGUE=pro, HAS_BIAS="bias" in kw, HAS_RES="residual" in kw, SOFT_CAP=soft is not None,
-            DH=DH if pro == to.PRO_HEAD_NORM else 1)
+            DH=DH if pro == tg.PRO_HEAD_NORM else 1)
         timings = getattr(tuner, "configs_timings", {}) or {}
         rows = sorted(((t[0] if isinstance(t, (list, tuple)) else t, str(c)) for c, t in timings.items()))
         out[name] = [{"us": ms * 1e3, "TBps": n * k * 2 / (ms * 1e-3) / 1e12, "config": c[:60]} for ms, c in rows]
@@ -383,7 +383,7 @@ def section_gemv(res):
 def _fused_gemv_timings(dev):
     """Each decode stage as the fused GEMV (TritonOps) and as torch composition (TorchOps),
     four weight copies rotated so no weight sits in L2, 20 rounds in one graph."""
-    import kernels.triton_ops as to
+    import kernels.triton_gemv as tg
     from kernels.fused_ops import TorchOps
     from kernels.triton_ops import TritonOps
 
@@ -426,7 +426,7 @@ def _fused_gemv_timings(dev):
             del graph
         out[name] = row
         del ws
-    out["autotune_choice"] = {str(k): str(v) for k, v in {**to._gemv.cache, **to._gemv_head_norm.cache}.items()}
+    out["autotune_choice"] = {str(k): str(v) for k, v in {**tg._gemv.cache, **tg._gemv_head_norm.cache}.items()}
     torch.cuda.empty_cache()
     return out
 
@@ -523,9 +523,9 @@ def section_decode(res):
                 variants[f"w{w}_hb{hb}"] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
         out["graph"] = variants
-        import kernels.triton_ops as to
+        import kernels.triton_gemv as tg
 
-        out["autotune_choice"] = {str(k)[:60]: str(v)[:70] for k, v in {**to._gemv.cache, **to._gemv_head_norm.cache}.items()}
+        out["autotune_choice"] = {str(k)[:60]: str(v)[:70] for k, v in {**tg._gemv.cache, **tg._gemv_head_norm.cache}.items()}
         # the graph without the fused GEMVs (elementwise Triton ops + cuBLAS)
         from kernels.fused_ops import TorchOps
         from kernels.triton_ops import TritonOps

@@ -13,6 +13,7 @@ import torch
 from kernels import compiled_block, mlstm_sequence
 from kernels.chunkwise import SUB_CHUNK, mlstm_chunkwise, uses_sub_chunks
 from kernels.compiled import CompiledBlock
+from kernels.split_matmul import split3
 from schedulers import Knobs, make_scheduler
 
 
@@ -126,8 +127,6 @@ def test_scheduler_with_large_t_inner_matches_reference():
 
 
 def test_split3_represents_fp32_values():
-    from kernels.chunkwise import split3
-
     x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(4)) * 1e3
     for axis in (-1, -2):
         terms = split3(x, axis)

@@ -7,6 +7,7 @@ the module.
 """
 
 import gc
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from cell_parity import LOOSE, TIGHT, reference, step_slice
 from kernels import XLSTM, get_config
 from schedulers import Knobs, SchedulerError, make_plan, make_scheduler
+from schedulers.measure import main as measure_main
 from schedulers.ray_actors import RayState
 from schedulers.testing import (FailOnMarker, Rendezvous, StallOnMarker, descendant_pids, plant_marker,
                                 process_alive, random_cell_inputs, wait_until_gone)
@@ -93,6 +95,17 @@ def test_joins_an_existing_cluster_by_address_and_leaves_it_running():
         head.stdin.close()
         head.wait(timeout=60)
     assert wait_until_gone(cluster) == set()
+
+
+@pytest.mark.slow
+def test_measure_script_runs_its_ray_settings_on_one_local_instance_and_stops_it(capsys):
+    assert not ray.is_initialized()
+    code = measure_main(["--shape", "tiny", "--context", "8", "--new-tokens", "1", "--repeats", "1",
+                         "--device", "cpu", "--backends", "ray", "--knobs", "2,2,8,4", "--knobs", "1,4,8,8"])
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert code == 0 and [(r["backend"], r["knobs"]["workers"], r["status"]) for r in results] == [
+        ("ray", 2, "ok"), ("ray", 1, "ok")]
+    assert not ray.is_initialized()  # the script started the instance, so it stopped it
 
 
 # -- one shared instance for the rest of the module ---------------------------------------
