@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.errors import UserError, missing_driver
 from autotune.objective import median
 from autotune.spec import DEFAULT_STORAGE, load_spec
 from autotune.store.layout import StudyKey, parse_study_name
@@ -18,11 +19,11 @@ from autotune.store.layout import StudyKey, parse_study_name
 
 def open_storage(url: str):
     """An Optuna RDB storage for `url`; a missing SQLite file is an error, not a new store."""
+    # deferred, as in redact_url: Optuna and SQLAlchemy take a second to load, and the
+    # commands that import this module check their arguments first
     import optuna
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
-
-    from autotune.errors import UserError
 
     try:
         parsed = make_url(url)
@@ -38,8 +39,6 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:  # Optuna's wrapper of the driver's own ImportError
-        from autotune.errors import missing_driver
-
         module = getattr(exc.__cause__, "name", None) or exc.name
         raise UserError(missing_driver(redact_url(url), parsed.get_backend_name(), module)) from None
     except Exception as exc:  # driver missing, server down, auth: all user-fixable
