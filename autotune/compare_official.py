@@ -14,9 +14,10 @@ bf16 weights and fp32 state, on one CUDA GPU, one after the other:
 Prefill tok/s = L / time of one forward over L random tokens (all logits, as the
 official model computes them); decode tok/s = batch x new tokens / time of greedy
 decoding them after a short prompt. Every timed region is synchronized; warm-up (Triton
-compilation, graph capture, torch.compile) happens before it. Prints the ratios; --json
-writes {gpu, decode_tok_s: {ours, official, official_variant}, prefill_tok_s: {"<L>":
-{ours, official, official_variant}}, decode_batches, official: {variants}, ...}.
+compilation, graph capture, torch.compile) happens before it. `compare` returns {gpu,
+decode_tok_s: {ours, official, official_variant}, prefill_tok_s: {"<L>": {ours, official,
+official_variant}}, ratios, decode_batches, official: {variants}, ...}, also written to
+`json_out` (--json) after each stage; the command prints the ratios as a table.
 """
 
 from __future__ import annotations
