@@ -1,7 +1,9 @@
 """`autotune` command line: one subcommand per module.
 
-Each command module exposes `add_arguments(parser)` and `run(args) -> int`; it is
-imported only when its command runs, so `autotune bench` never pays for plotly or Ray.
+Each command is a module of autotune.commands with `add_arguments(parser)` and
+`run(args) -> int`; it is imported only when its command runs, so `autotune bench` never
+pays for plotly or Ray. `tune` first checks its store's writer lock with the standard
+library alone (autotune.store.preflight), so a busy store is refused at once.
 """
 
 from __future__ import annotations
@@ -11,19 +13,20 @@ import importlib
 import sys
 
 from autotune.errors import UserError
+from autotune.store.preflight import tune_refusal
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "tune": ("autotune.tune", "run a tuning study from a TOML spec"),
-    "bench": ("autotune.bench.cli", "measure one config; prints one JSON result line"),
-    "best": ("autotune.best", "show the best config per context length"),
-    "export": ("autotune.export", "write the runner defaults file"),
-    "report": ("autotune.report", "write a self-contained HTML report"),
-    "dashboard": ("autotune.dashboard", "serve optuna-dashboard on the store"),
-    "generate": ("autotune.generate", "generate text with the exported defaults"),
-    "sweep": ("autotune.sweep", "measure every valid config into a surface file"),
-    "replay": ("autotune.replay.cli", "compare strategies on a recorded surface"),
-    "compare-official": ("autotune.compare_official", "measure against the official xLSTM kernels"),
+    "tune": ("autotune.commands.tune", "run a tuning study from a TOML spec"),
+    "bench": ("autotune.commands.bench", "measure one config; prints one JSON result line"),
+    "best": ("autotune.commands.best", "show the best config per context length"),
+    "export": ("autotune.commands.export", "write the runner defaults file"),
+    "report": ("autotune.commands.report", "write a self-contained HTML report"),
+    "dashboard": ("autotune.commands.dashboard", "serve optuna-dashboard on the store"),
+    "generate": ("autotune.commands.generate", "generate text with the exported defaults"),
+    "sweep": ("autotune.commands.sweep", "measure every valid config into a surface file"),
+    "replay": ("autotune.commands.replay", "compare strategies on a recorded surface"),
+    "compare-official": ("autotune.commands.compare_official", "measure against the official xLSTM kernels"),
 }
 
 
@@ -35,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _store_arguments(argv: list[str]) -> dict[str, str | None]:
+    """The --study and --storage of a command line, before its command's module loads."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--study")
+    peek.add_argument("--storage")
+    args, _ = peek.parse_known_args(argv)
+    return {"study": args.study, "storage": args.storage}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -44,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     if name == "tune":
-        from autotune.store.preflight import tune_refusal
-
-        refusal = tune_refusal(rest)
+        refusal = tune_refusal(**_store_arguments(rest))
         if refusal:
             print(f"autotune tune: error: {refusal}", file=sys.stderr)
             return 2

@@ -14,100 +14,43 @@ bf16 weights and fp32 state, on one CUDA GPU, one after the other:
 Prefill tok/s = L / time of one forward over L random tokens (all logits, as the
 official model computes them); decode tok/s = batch x new tokens / time of greedy
 decoding them after a short prompt. Every timed region is synchronized; warm-up (Triton
-compilation, graph capture, torch.compile) happens before it. Prints the ratios; --json
-writes {gpu, decode_tok_s: {ours, official, official_variant}, prefill_tok_s: {"<L>":
-{ours, official, official_variant}}, decode_batches, official: {variants}, ...}.
+compilation, graph capture, torch.compile) happens before it. `compare` returns {gpu,
+decode_tok_s: {ours, official, official_variant}, prefill_tok_s: {"<L>": {ours, official,
+official_variant}}, ratios, decode_batches, official: {variants}, ...}, also written to
+`json_out` (--json) after each stage; the command prints the ratios as a table.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
-import sys
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from autotune.compare_official_model import (free, measure_copy_bandwidth, measure_official,
+                                             measure_official_batches, sync, timed, tokens)
+from autotune.defaults import pick_choice, why_invalid_kernel, why_invalid_knobs
 from autotune.errors import UserError
-from autotune.compare_official_model import free, measure_copy_bandwidth, official_modules, sync, timed, tokens
 from autotune.compare_official_variants import (DecodeVariant, OfficialPlan, VariantResults, decode_bound_tok_s,
                                                 state_bytes_per_sequence, weight_bytes_read_per_step)
 from autotune.names import KNOBS
-
-
-def _csv(kind):
-    def parse(text: str):
-        try:
-            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}") from None
-    return parse
-
-
-def _grid_help(default) -> str:
-    return f"official settings measured, comma-separated (default {','.join(map(str, default))})"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    plan = OfficialPlan()
-    parser.add_argument("--json", metavar="OUT", help="write the result as JSON to OUT (rewritten after each stage)")
-    parser.add_argument("--shape", default="7b", help="model shape (mLSTM-only shapes: 125m, 350m, 1.3b, 7b)")
-    parser.add_argument("--contexts", default="2048,8192,32768", help="prefill lengths, comma-separated")
-    parser.add_argument("--new-tokens", type=int, default=256, help="decoded tokens timed per repeat (ours)")
-    parser.add_argument("--official-new-tokens", type=int,
-                        help="decoded tokens timed per repeat for the official model (default --new-tokens)")
-    parser.add_argument("--decode-prompt", type=int, default=64, help="prompt length before decoding")
-    parser.add_argument("--decode-batches", type=_csv(int), default=(1,),
-                        help="decode batch sizes, comma-separated; batches above 1 run the official model's "
-                             "best batch-1 decode variant")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
-    parser.add_argument("--config", help="knobs as JSON for every context and decode, e.g. "
-                        '\'{"workers": 1, "heads_per_band": 8, "chunk_size": 8192, "T_inner": 8192}\'')
-    parser.add_argument("--decode-config", help="knobs as JSON for decode only (default: --config or the defaults)")
-    parser.add_argument("--defaults", help="exported defaults file (default studies/defaults.json)")
-    parser.add_argument("--backend", default="sequential", choices=("sequential", "queued"),
-                        help="scheduler backend for our prefill")
-    parser.add_argument("--no-graphs", action="store_true", help="decode ours eagerly (no CUDA graph)")
-    parser.add_argument("--official-weight-modes", type=_csv(str), default=plan.weight_modes,
-                        help=_grid_help(plan.weight_modes))
-    parser.add_argument("--official-chunkwise-kernels", type=_csv(str), default=plan.chunkwise_kernels,
-                        help=_grid_help(plan.chunkwise_kernels))
-    parser.add_argument("--official-chunk-sizes", type=_csv(int), default=plan.chunk_sizes,
-                        help=_grid_help(plan.chunk_sizes))
-    parser.add_argument("--official-step-kernels", type=_csv(str), default=plan.step_kernels,
-                        help=_grid_help(plan.step_kernels))
-    parser.add_argument("--official-compiled-step-kernels", type=_csv(str), default=plan.compiled_step_kernels,
-                        help="step kernels also timed under torch.compile(mode='reduce-overhead') "
-                             "(empty: no compiled decode)")
-    parser.add_argument("--official-compiled-weight-modes", type=_csv(str),
-                        help="weight modes whose decode is also timed compiled (default: all)")
-    parser.add_argument("--official-sequence-kernel", default=plan.sequence_kernel)
-    parser.add_argument("--skip-official-batches", action="store_true",
-                        help="decode batches above 1 for ours only")
-    parser.add_argument("--skip-official", action="store_true", help="measure ours only")
-    parser.add_argument("--seed", type=int, default=0)
+from kernels import XLSTM, get_config
+from kernels.fastpath import FastModel
+from kernels.registry import KernelRun, use_run, what_ran
+from schedulers import Knobs, make_scheduler
+from schedulers.graphs import make_decoder
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _parse_contexts(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--contexts must be comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise UserError(f"--contexts needs positive lengths, got {text!r}")
-    return values
-
-
 def _parse_config(text: str, what: str, num_heads: int) -> tuple[dict[str, int], dict[str, int]]:
     """(knobs, kernel parameters) of a JSON config; kernel parameters under "kernel"."""
-    from autotune.defaults import why_invalid_kernel, why_invalid_knobs
-
     try:
         knobs = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -124,17 +67,11 @@ def _parse_knobs(text: str, what: str, num_heads: int) -> dict[str, int]:
     return _parse_config(text, what, num_heads)[0]
 
 
-def _progress(text: str) -> None:
-    print(f"[compare-official] {text}", file=sys.stderr, flush=True)
-
-
 # ----------------------------------------------------------------------------- ours
 
 
 def measure_ours_prefill(fast, knobs: dict, backend: str, length: int, repeats: int, seed: int) -> dict:
     """Prefill tok/s of FastModel with the cells through a `backend` scheduler."""
-    from schedulers import Knobs, make_scheduler
-
     model = fast.model
     toks = tokens(model.config.vocab_size, 1, length, seed, model.device)
     with make_scheduler(backend, Knobs(**knobs), device=model.device, dtype=model.dtype) as sched, torch.no_grad():
@@ -150,9 +87,6 @@ def measure_ours_decode(fast, knobs: dict, *, batch: int = 1, prompt_len: int, n
                         seed: int, graphs: bool = True) -> dict:
     """Greedy decode tok/s (all sequences counted) through make_decoder (a CUDA graph of
     the whole step), with the peak device memory of the timed repeats."""
-    from schedulers import Knobs, make_scheduler
-    from schedulers.graphs import make_decoder
-
     model = fast.model
     prompt = tokens(model.config.vocab_size, batch, prompt_len, seed, model.device)
     with make_scheduler("sequential", Knobs(**knobs), device=model.device, dtype=model.dtype) as sched, \
@@ -180,12 +114,34 @@ def measure_ours_decode(fast, knobs: dict, *, batch: int = 1, prompt_len: int, n
             "expected_counters": expected}
 
 
-# ----------------------------------------------------------------------------- the command
+# ----------------------------------------------------------------------------- the comparison
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareOptions:
+    """What one comparison measures (the `autotune compare-official` flags, parsed)."""
+
+    shape: str = "7b"
+    contexts: tuple[int, ...] = (2048, 8192, 32768)
+    new_tokens: int = 256
+    official_new_tokens: int | None = None  # None: new_tokens
+    decode_prompt: int = 64
+    decode_batches: tuple[int, ...] = (1,)
+    repeats: int = 3
+    config: str | None = None  # knobs as JSON for every context and decode
+    decode_config: str | None = None  # knobs as JSON for decode only
+    defaults: str | None = None  # exported defaults file (None: the runner's default path)
+    backend: str = "sequential"
+    graphs: bool = True
+    plan: OfficialPlan = OfficialPlan()
+    skip_official: bool = False
+    skip_official_batches: bool = False
+    seed: int = 0
+    json_out: str | None = None  # rewritten after each stage
+    command: str = ""  # the command line, kept in the result
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"torch": torch.__version__}
     for name in ("triton", "xlstm", "mlstm_kernels"):
         try:
@@ -195,13 +151,12 @@ def _versions() -> dict:
     return out
 
 
-def _knobs_for(args, num_heads: int, context: int, defaults_device: str, batch: int = 1) -> tuple[dict, dict, str]:
+def _knobs_for(options: CompareOptions, num_heads: int, context: int, defaults_device: str,
+               batch: int = 1) -> tuple[dict, dict, str]:
     """(knobs, kernel parameters, where from) for a prompt of `context` tokens at `batch`."""
-    if args.config:
-        return (*_parse_config(args.config, "--config", num_heads), "--config")
-    from autotune.defaults import pick_choice
-
-    choice = pick_choice(args.shape, defaults_device, args.backend, context, args.defaults,
+    if options.config:
+        return (*_parse_config(options.config, "--config", num_heads), "--config")
+    choice = pick_choice(options.shape, defaults_device, options.backend, context, options.defaults,
                          dtype="bfloat16", num_heads=num_heads, batch=batch)
     return dict(choice.config), dict(choice.kernel), choice.describe()
 
@@ -212,52 +167,38 @@ def _ratio(ours: float | None, official: float | None) -> float | None:
     return ours / official
 
 
-def _validate(args) -> list[int]:
-    contexts = _parse_contexts(args.contexts)
-    for name in ("new_tokens", "decode_prompt", "repeats"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.official_new_tokens is not None and args.official_new_tokens < 1:
-        raise UserError("--official-new-tokens must be >= 1")
-    if not args.decode_batches or min(args.decode_batches) < 1:
-        raise UserError("--decode-batches needs positive batch sizes, e.g. 1,16,64")
-    if not args.skip_official:
-        official_modules()  # fail before the long part, not after it
-        for name in ("weight_modes", "chunkwise_kernels", "chunk_sizes", "step_kernels"):
-            if not getattr(args, f"official_{name}"):
-                raise UserError(f"--official-{name.replace('_', '-')} needs at least one value")
-    return contexts
-
-
-def run(args) -> int:
-    from kernels import XLSTM, get_config
-
+def comparable_config(shape: str):
+    """The model config of `shape`, once this machine and shape can be compared: a CUDA
+    GPU, and mLSTM blocks only (the official xLSTMLarge has no sLSTM)."""
     if not torch.cuda.is_available():
         raise UserError("compare-official measures on a CUDA GPU and none is available here; "
                         "run it on a machine with an NVIDIA GPU")
     try:
-        config = get_config(args.shape)
+        config = get_config(shape)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if config.slstm_at:
-        raise UserError(f"shape {args.shape!r} has sLSTM blocks, which the official xLSTMLarge does not have; "
+        raise UserError(f"shape {shape!r} has sLSTM blocks, which the official xLSTMLarge does not have; "
                         "use an mLSTM-only shape (125m, 350m, 1.3b, 7b)")
-    contexts = _validate(args)
-    plan = OfficialPlan(tuple(args.official_weight_modes), tuple(args.official_chunkwise_kernels),
-                        tuple(args.official_chunk_sizes), tuple(args.official_step_kernels),
-                        tuple(args.official_compiled_step_kernels), args.official_sequence_kernel,
-                        tuple(args.official_compiled_weight_modes or args.official_weight_modes))
+    return config
+
+
+def compare(options: CompareOptions, config, progress: Callable[[str], None]) -> dict:
+    """Measure ours, then the official variants, on the current CUDA device; returns the
+    result (see the module docstring), also written to options.json_out after each stage."""
+    contexts = list(options.contexts)
+    plan = options.plan
     device = torch.device("cuda", torch.cuda.current_device())
     result: dict = {
         "gpu": torch.cuda.get_device_name(device),
         "torch": torch.__version__,
         "versions": _versions(),
-        "shape": args.shape,
+        "shape": options.shape,
         "dtype": "bfloat16",
         "state_dtype": "float32",
         "batch": 1,
-        "weights": f"random (seed {args.seed})",
-        "command": "autotune compare-official " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["compare-official"] else sys.argv[1:]),
+        "weights": f"random (seed {options.seed})",
+        "command": options.command,
         "decode_tok_s": {},
         "prefill_tok_s": {},
         "ours": {"prefill": {}, "configs": {}, "decode_batches": {}},
@@ -267,45 +208,42 @@ def run(args) -> int:
 
     def checkpoint():
         result["official"]["variants"] = results.as_dict()
-        if args.json:
-            path = Path(args.json)
+        if options.json_out:
+            path = Path(options.json_out)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
     result["copy_bytes_per_s"] = measure_copy_bandwidth(device)
-    _progress(f"device copy: {result['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
+    progress(f"device copy: {result['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write)")
 
     # -- ours
-    from kernels.fastpath import FastModel
-    from kernels.registry import KernelRun, use_run, what_ran
-
-    _progress(f"ours: building {args.shape} (bf16, random weights) on {result['gpu']}")
-    model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=args.seed)
+    progress(f"ours: building {options.shape} (bf16, random weights) on {result['gpu']}")
+    model = XLSTM(config, device=device, dtype=torch.bfloat16, seed=options.seed)
     fast = FastModel(model)
     result["ours"]["ops"] = fast.ops.name
     result["decode_weight_bytes"] = weight_bytes_read_per_step(model)
     result["state_bytes_per_sequence"] = state_bytes_per_sequence(config)
     for L in contexts:
-        knobs, kernel, source = _knobs_for(args, config.num_heads, L, device.type)
+        knobs, kernel, source = _knobs_for(options, config.num_heads, L, device.type)
         entry = result["ours"]["configs"][str(L)] = {"knobs": knobs, "kernel": kernel, "source": source}
-        _progress(f"ours: prefill L={L} with {knobs} {kernel} ({args.backend})")
+        progress(f"ours: prefill L={L} with {knobs} {kernel} ({options.backend})")
         with use_run(KernelRun(params=kernel)) as run:  # the config's kernel parameters, on record
-            result["ours"]["prefill"][str(L)] = measure_ours_prefill(fast, knobs, args.backend, L, args.repeats,
-                                                                     args.seed)
+            result["ours"]["prefill"][str(L)] = measure_ours_prefill(fast, knobs, options.backend, L,
+                                                                     options.repeats, options.seed)
         entry["kernels"] = run.what_ran()
         checkpoint()
-    if args.decode_config:
-        dknobs, dkernel = _parse_config(args.decode_config, "--decode-config", config.num_heads)
+    if options.decode_config:
+        dknobs, dkernel = _parse_config(options.decode_config, "--decode-config", config.num_heads)
         dsource = "--decode-config"
     else:
-        dknobs, dkernel, dsource = _knobs_for(args, config.num_heads, args.decode_prompt, device.type)
+        dknobs, dkernel, dsource = _knobs_for(options, config.num_heads, options.decode_prompt, device.type)
     result["ours"]["configs"]["decode"] = {"knobs": dknobs, "kernel": dkernel, "source": dsource}
-    for batch in args.decode_batches:
-        _progress(f"ours: decode {args.new_tokens} tokens, batch {batch}, with {dknobs} {dkernel}")
+    for batch in options.decode_batches:
+        progress(f"ours: decode {options.new_tokens} tokens, batch {batch}, with {dknobs} {dkernel}")
         with use_run(KernelRun(params=dkernel)) as run:
             result["ours"]["decode_batches"][str(batch)] = measure_ours_decode(
-                fast, dknobs, batch=batch, prompt_len=args.decode_prompt, new_tokens=args.new_tokens,
-                repeats=args.repeats, seed=args.seed, graphs=not args.no_graphs)
+                fast, dknobs, batch=batch, prompt_len=options.decode_prompt, new_tokens=options.new_tokens,
+                repeats=options.repeats, seed=options.seed, graphs=options.graphs)
         result["ours"]["decode_batches"][str(batch)]["kernels"] = run.what_ran()
         checkpoint()
     if "1" in result["ours"]["decode_batches"]:
@@ -316,31 +254,26 @@ def run(args) -> int:
     free()
 
     # -- official
-    if not args.skip_official:
-        from autotune.compare_official_model import measure_official, measure_official_batches
-
-        new_tokens = args.official_new_tokens or args.new_tokens
-        measure_official(config, plan, contexts=contexts, repeats=args.repeats, decode_prompt=args.decode_prompt,
-                         new_tokens=new_tokens, seed=args.seed, device=device, results=results,
-                         progress=_progress, checkpoint=checkpoint)
+    if not options.skip_official:
+        new_tokens = options.official_new_tokens or options.new_tokens
+        measure_official(config, plan, contexts=contexts, repeats=options.repeats,
+                         decode_prompt=options.decode_prompt, new_tokens=new_tokens, seed=options.seed,
+                         device=device, results=results, progress=progress, checkpoint=checkpoint)
         best = results.best("decode:b1")
-        batches = [] if args.skip_official_batches else [b for b in args.decode_batches if b != 1]
+        batches = [] if options.skip_official_batches else [b for b in options.decode_batches if b != 1]
         prefill_best = results.best(f"prefill:{contexts[0]}")
         if best and batches and prefill_best:
             settings = prefill_best["settings"]
             measure_official_batches(
                 config, DecodeVariant(**best["settings"]),
                 {"chunkwise_kernel": settings["chunkwise_kernel"], "chunk_size": settings["chunk_size"]},
-                batches=batches, repeats=args.repeats, decode_prompt=args.decode_prompt, new_tokens=new_tokens,
-                seed=args.seed, device=device, sequence_kernel=plan.sequence_kernel, results=results,
-                progress=_progress, checkpoint=checkpoint)
+                batches=batches, repeats=options.repeats, decode_prompt=options.decode_prompt,
+                new_tokens=new_tokens, seed=options.seed, device=device, sequence_kernel=plan.sequence_kernel,
+                results=results, progress=progress, checkpoint=checkpoint)
 
-    summarize(result, results, contexts, args.decode_batches)
+    summarize(result, results, contexts, options.decode_batches)
     checkpoint()
-    print(format_table(result))
-    if args.json:
-        _progress(f"wrote {args.json}")
-    return 0
+    return result
 
 
 def _best(results: VariantResults, workload: str) -> tuple[float | None, str | None]:
@@ -375,29 +308,3 @@ def summarize(result: dict, results: VariantResults, contexts, batches) -> None:
                                         result["copy_bytes_per_s"]),
         }
     result["decode_batches"] = table
-
-
-def format_table(result: dict) -> str:
-    def fmt(x):
-        return "-" if x is None else f"{x:,.1f}"
-
-    def rat(x):
-        return "-" if x is None else f"{x:.2f}x"
-
-    lines = [f"{result['shape']} on {result['gpu']} (torch {result['torch']}, bf16 weights, fp32 state, batch 1)",
-             f"{'':18} {'ours':>12} {'official':>12} {'ratio':>8}  official variant (best measured)"]
-    d = result["decode_tok_s"]
-    lines.append(f"{'decode tok/s':18} {fmt(d['ours']):>12} {fmt(d['official']):>12} "
-                 f"{rat(result['ratios']['decode']):>8}  {d.get('official_variant') or '-'}")
-    for L, v in result["prefill_tok_s"].items():
-        lines.append(f"{'prefill L=' + L:18} {fmt(v['ours']):>12} {fmt(v['official']):>12} "
-                     f"{rat(result['ratios']['prefill'][L]):>8}  {v.get('official_variant') or '-'}")
-    batches = result.get("decode_batches") or {}
-    if len(batches) > 1:
-        lines.append(f"{'decode batch':18} {'ours':>12} {'official':>12} {'bound':>8}")
-        for b, row in batches.items():
-            lines.append(f"{'  B=' + b:18} {fmt(row['ours']):>12} {fmt(row['official']):>12} {fmt(row['bound']):>8}")
-    crashed = (result.get("official", {}).get("variants") or {}).get("crashed") or []
-    for item in crashed:
-        lines.append(f"crashed: {item['variant']}: {item['error']}")
-    return "\n".join(lines)

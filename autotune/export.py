@@ -1,4 +1,4 @@
-"""`autotune export`: write the runner defaults file from the store.
+"""The runner defaults file from the store: what `autotune export` writes.
 
 For each study (one per shape, device kind, backends, context length) one table row:
 the confirmed winner when the study's confirmation says it beat the baseline beyond
@@ -9,7 +9,6 @@ schema. The file is written atomically: a reader sees the old file or the new on
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,18 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from autotune.names import KERNEL_KNOBS, KNOBS
-from autotune.store.views import (
-    StudyView,
-    add_store_arguments,
-    load_views,
-    metric_medians,
-    open_storage,
-    redact_url,
-    storage_from_args,
-)
-from autotune.defaults import DEFAULT_PATH, SCHEMA_VERSION
+from autotune.store.views import StudyView, metric_medians
+from autotune.defaults import SCHEMA_VERSION, load_entries
 from autotune.errors import UserError, file_mode, require_folder
-from autotune.verdict import plain_verdict, plural
+from autotune.verdict import plain_verdict
 
 @dataclass(frozen=True)
 class Decision:
@@ -178,46 +169,26 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_store_arguments(parser)
-    parser.add_argument("--out", metavar="FILE", default=str(DEFAULT_PATH), help=f"defaults file to write (default: {DEFAULT_PATH})")
-    parser.add_argument(
-        "--unconfirmed", action="store_true",
-        help="for studies without a confirmation (an interrupted run), export their best trial "
-        "instead of keeping the baseline",
-    )
-    parser.add_argument(
-        "--merge", action="store_true",
-        help="keep the entries of an existing --out file for other shapes/devices/backends",
-    )
+@dataclass(frozen=True)
+class Export:
+    """What `write_defaults` wrote: the whole document, this store's part of it, and notes."""
+
+    document: dict[str, Any]
+    fresh: dict[str, Any]
+    notes: list[str]
 
 
-def run(args: argparse.Namespace) -> int:
-    from autotune.defaults import load_entries
-
-    url, keep = storage_from_args(args)
-    views = load_views(open_storage(url), keep)
-    if not views:
-        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
-    fresh, notes = build_defaults(views, allow_unconfirmed=args.unconfirmed)
+def write_defaults(views: list[StudyView], out: Path, *, allow_unconfirmed: bool = False,
+                   merge: bool = False) -> Export:
+    """Write the defaults file of `views` to `out`; with `merge`, keep the entries of an
+    existing `out` for other shapes, devices and backends."""
+    fresh, notes = build_defaults(views, allow_unconfirmed=allow_unconfirmed)
     document = fresh
-    out = Path(args.out)
-    if args.merge and out.exists():
+    if merge and out.exists():
         try:
             old = {"entries": load_entries(out)}
         except ValueError as exc:
             raise UserError(f"cannot merge into {out}: {exc}") from None
         document = merge_documents(old, fresh)
     write_atomic(out, json.dumps(document, indent=2, sort_keys=False) + "\n")
-    rows = sum(len(e["table"]) for e in document["entries"])
-    print(f"wrote {out}: {plural(len(document['entries']), 'entry', 'entries')}, {plural(rows, 'context row')}")
-    for entry in fresh["entries"]:
-        for row in entry["table"]:
-            knobs = " ".join([*(f"{k}={row['config'][k]}" for k in KNOBS),
-                              *(f"{k}={v}" for k, v in row.get("kernel", {}).items())])
-            print(f"  {entry['shape']}/{entry['device_kind']}/{entry['backend']}/{entry['dtype']} "
-                  f"L{row['context']}{'' if row.get('batch', 1) == 1 else ' B' + str(row['batch'])}: {knobs} "
-                  f"({row['source']}, trial #{row['trial']})")
-    for note in notes:
-        print(f"note: {note}")
-    return 0
+    return Export(document, fresh, notes)

@@ -11,25 +11,18 @@ labelled unconfirmed wherever it appears.
 
 from __future__ import annotations
 
-import argparse
 import html
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from autotune.store.views import (
-    StudyView,
-    add_store_arguments,
-    is_feasible,
-    load_views,
-    metric_medians,
-    open_storage,
-    redact_url,
-    storage_from_args,
-)
+from autotune.store.views import StudyView, is_feasible, metric_medians
 from autotune.export import confirmed_metrics, export_choice, write_atomic
-from autotune.verdict import plural
+from autotune.verdict import plain_verdict, plural
+
+# plotly and optuna are imported where a figure is drawn: `autotune tune` reads
+# DEFAULT_OUT from here and must not pay for them.
 
 DEFAULT_OUT = Path("studies/report.html")
 # Optuna's importances fit a random forest to the trials: below this many completed
@@ -261,8 +254,6 @@ def throughput_figure(views: list[StudyView]):
 
 def summary_table(views: list[StudyView]) -> str:
     """What `autotune export` writes per study, with the verdict in words."""
-    from autotune.verdict import plain_verdict
-
     rows, verdicts = [], []
     for view in views:
         chosen, source = export_choice(view)
@@ -328,20 +319,6 @@ the best of many noisy measurements and is unconfirmed.</p>
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_store_arguments(parser)
-    parser.add_argument("--out", metavar="FILE", default=str(DEFAULT_OUT), help=f"HTML file to write (default: {DEFAULT_OUT})")
-
-
-def run(args: argparse.Namespace) -> int:
-    from autotune.errors import UserError
-
-    url, keep = storage_from_args(args)
-    views = load_views(open_storage(url), keep)
-    if not views:
-        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
-    out = Path(args.out)
-    write_atomic(out, build_report(views, source=redact_url(url)))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {plural(len(views), 'study', 'studies')}); open it in a browser")
-    return 0
-
+def write_report(views: list[StudyView], out: Path, *, source: str) -> None:
+    """Write the report of `views` to `out` (atomically); `source` names the store."""
+    write_atomic(out, build_report(views, source=source))

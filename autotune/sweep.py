@@ -19,7 +19,6 @@ could carry past the deadline, so a part fits a fixed window without losing a ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -28,86 +27,31 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from autotune.defaults import builtin_default
 from autotune.errors import UserError
+from autotune.evaluators import make_evaluator
 from autotune.loop import SearchLoop
 from autotune.names import KNOBS
+from autotune.objective import Baseline, median, recall_violation, score
+from autotune.replay.surface import surface_document
+from autotune.space import SearchSpace, SpaceError
+from autotune.spec import SpecError, parse_spec
+from autotune.store.storage import describe_fingerprint, machine_fingerprint
 from autotune.sweep_runs import SweepRuns, refuse_a_failed_baseline
 from autotune.workers import Slot
+
+# kernels and torch are imported where a device is needed: they take seconds to load,
+# and a spec or journal error is reported before that.
 
 SURFACES_DIR = Path("studies/surfaces")
 DEFAULT_REPEATS = 3
 JOURNAL_SUFFIX = ".runs.jsonl"  # beside the surface file: the finished runs of a sweep in progress
-EXIT_STOPPED = 3  # the sweep stopped at --stop-after; the same command continues it
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, metavar="FILE", help="study spec (TOML) whose space is swept")
-    parser.add_argument("--context", type=int, metavar="L",
-                        help="the context length to sweep (required when the spec lists several)")
-    parser.add_argument("--backend", action="append", metavar="NAME",
-                        help="sweep only this backend (repeatable; default: the spec's backends)")
-    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, metavar="R",
-                        help=f"benchmark runs per config (default {DEFAULT_REPEATS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled run order (default 0)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="hard limit per run (default: the spec's [trials] limits, adapted to the runs so far)")
-    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
-                        help="start no run that could end later than this (exit code 3, journal kept; "
-                             "the same command continues)")
-    parser.add_argument("--process", choices=("fresh", "warm"), default="fresh",
-                        help="fresh (default): every run in its own benchmark process, so the surface holds the "
-                             "spread between processes; warm: one worker measures run after run (faster)")
-    parser.add_argument("--out", metavar="FILE",
-                        help="surface file (default studies/surfaces/<device>-<shape>-<backends>-L<context>.json)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from autotune.spec import load_spec
-
-    spec = load_spec(args.study)
-    context = _pick_context(spec, args.context)
-    backends = _pick_backends(spec, args.backend)
-    if args.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
-    if args.stop_after is not None and args.stop_after <= 0:
-        raise UserError(f"--stop-after must be a positive number of seconds, got {args.stop_after:g}")
-    path = sweep(spec, context, backends, repeats=args.repeats, seed=args.seed,
-                 out=Path(args.out) if args.out else None, timeout_s=args.timeout, stop_after_s=args.stop_after,
-                 process=args.process)
-    if path is None:
-        return EXIT_STOPPED
-    print(path)
-    return 0
-
-
-def _pick_context(spec, context: int | None) -> int:
-    contexts = spec.workload.contexts
-    if context is None:
-        if len(contexts) != 1:
-            raise UserError(f"{spec.path} lists contexts {list(contexts)}; pick one with --context L")
-        return contexts[0]
-    if context < 1:
-        raise UserError(f"--context must be a positive number of tokens, got {context}")
-    return context
-
-
-def _pick_backends(spec, chosen: Sequence[str] | None) -> tuple[str, ...]:
-    if not chosen:
-        return tuple(spec.model.backends)
-    from autotune.spec import BACKENDS
-
-    bad = [b for b in chosen if b not in BACKENDS]
-    if bad:
-        raise UserError(f"--backend {bad[0]!r} is unknown; backends are {', '.join(BACKENDS)}")
-    return tuple(dict.fromkeys(chosen))
 
 
 # ------------------------------------------------------------------------------ plan
 def sweep_space(spec, context: int, backends: Sequence[str], num_heads: int):
     """The tuner's space for this context: the spec's value lists plus the baseline's
     values (so the baseline is one of the configs), backend a knob when several."""
-    from autotune.defaults import builtin_default
-    from autotune.space import SearchSpace, SpaceError
 
     baseline = builtin_default(num_heads, context)
     values: dict[str, list[Any]] = {}
@@ -196,8 +140,6 @@ class Journal:
                 raise UserError(f"{exc}; remove it or choose another --out") from None
             differ = header_differences(stored, header)
             if "machine" in differ:
-                from autotune.store.storage import describe_fingerprint
-
                 there = (describe_fingerprint(stored["machine"]) if stored.get("machine")
                          else "a machine it does not name (an older journal)")
                 raise UserError(f"{path} holds runs measured on {there}; this machine is "
@@ -226,8 +168,6 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
-    from autotune.evaluators import make_evaluator
-    from autotune.store.storage import machine_fingerprint
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
@@ -269,8 +209,6 @@ def build_surface(spec, space, baseline_cfg: dict[str, Any], runs: dict[tuple[in
                   name: str, partial: bool = False) -> dict[str, Any]:
     """The surface document from the finished runs: one score sample per ok, feasible run.
     `partial`: a sweep still in progress; its configs without a finished run are left out."""
-    from autotune.objective import Baseline, median, recall_violation, score
-    from autotune.replay.surface import surface_document
 
     base_index = space.index(baseline_cfg)
     base_runs = [row["result"] for (i, _), row in runs.items() if i == base_index and row["result"].get("status") == "ok"]
@@ -338,7 +276,6 @@ def surface_from_journal(path: Path) -> dict[str, Any]:
     not yet measured left out, and a `partial` block that says how much is there."""
     import torch
 
-    from autotune.spec import SpecError, parse_spec
     from kernels import get_config
 
     def unset_removed(value):  # spec.to_dict() writes a setting the spec left unset as None

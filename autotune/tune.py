@@ -18,98 +18,39 @@ heartbeats, and a trial whose worker is gone is failed and queued again once. Wi
 
 from __future__ import annotations
 
-import argparse
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import optuna
 
 from autotune.errors import UserError
 from autotune.context_tuner import ContextTuner, TuneOptions
-from autotune.spec import PROCESSES, StudySpec, load_spec
+from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
-from autotune.store.recovery import STALE_AFTER_S
 from autotune.store.locks import NamedLocks, WriterLock
 from autotune.store.storage import machine_fingerprint, open_storage, parse_storage_url
-from autotune.tune_output import ContextResult, next_steps, say, summary_lines
+from autotune.tune_output import ContextResult, say
 from autotune.verdict import publish
 from autotune.store.views import redact_url
-from autotune.workers import gpu_slots, parse_gpus
+from autotune.workers import gpu_slots
 
-__all__ = ["ContextTuner", "StopControl", "TuneOptions", "add_arguments", "run", "tune"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+__all__ = ["ContextTuner", "StopControl", "TuneOptions", "TuneRun", "tune"]
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+@dataclass
+class TuneRun:
+    """What one `tune` call did: a result per context length it started, the store it
+    wrote (password hidden), and whether Ctrl-C stopped it before `not_started`."""
 
-
-def _gpu_list(text: str) -> tuple[int, ...]:
-    try:
-        return parse_gpus(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--study", required=True, metavar="FILE", help="study spec (TOML), e.g. studies/cpu-quick.toml")
-    parser.add_argument("--storage", metavar="URL", help="Optuna storage URL; overrides the spec's `storage`")
-    parser.add_argument("--n-trials", type=_positive_int, metavar="N",
-                        help="trials per context length, baseline included, counted over resumes "
-                             "(overrides [search] n_trials)")
-    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
-                        help="wall time of this run's search over all context lengths "
-                             "(overrides [search] timeout_s); confirmation runs after it")
-    parser.add_argument("--seed", type=int, metavar="S", help="seed of the search strategy (overrides [search] seed)")
-    parser.add_argument("--new-study", action="store_true",
-                        help="start new studies beside existing ones (name~2, ...) instead of resuming, "
-                             "e.g. after a change of machine, torch or project version")
-    parser.add_argument("--skip-confirmation", action="store_true",
-                        help="search only; a later run without this flag confirms (split a long run into parts)")
-    parser.add_argument("--gpus", type=_gpu_list, default=(), metavar="0,1",
-                        help="measure on these GPUs, one benchmark per GPU at a time (CUDA_VISIBLE_DEVICES); "
-                             "the trials are spread over them")
-    parser.add_argument("--process", choices=PROCESSES, metavar="warm|fresh",
-                        help="what measures the trials: one warm worker per GPU slot that keeps the model and "
-                             "kernels loaded, or a fresh benchmark process per trial (overrides [trials] process)")
-    parser.add_argument("--warm-start", metavar="EXPORT_OR_URL",
-                        help="seed each study with another study's ranking: an `autotune export` file, or a store "
-                             "URL (its study of the same name, else the same shape and backends at the nearest "
-                             "context); its best configs are measured first and its ranking is the strategies' prior")
-    parser.add_argument("--lease", type=_positive_float, default=STALE_AFTER_S, metavar="SECONDS",
-                        help="on a shared store (PostgreSQL), a running trial whose worker sent no heartbeat "
-                             f"for this long is taken as cut off, failed and queued again (default {STALE_AFTER_S:.0f}); "
-                             "a worker that died on this host is noticed at once")
-
-
-def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.study)
-    options = TuneOptions(
-        storage=args.storage or spec.storage,
-        n_trials=args.n_trials if args.n_trials is not None else spec.search.n_trials,
-        timeout_s=args.timeout if args.timeout is not None else spec.search.timeout_s,
-        seed=args.seed if args.seed is not None else spec.search.seed,
-        new_study=args.new_study,
-        gpus=args.gpus,
-        lease_s=args.lease,
-        confirm=not args.skip_confirmation,
-        process=args.process,
-        warm_start=args.warm_start,
-    )
-    return tune(spec, options)
+    results: list[ContextResult]
+    store: str
+    interrupted: bool
+    not_started: list[int]
 
 
 def _resolve_device(spec: StudySpec):
+    # deferred: kernels loads torch, which `autotune tune --help` and a spec error never need
     from kernels import DeviceUnavailableError, resolve_device
 
     try:
@@ -118,8 +59,8 @@ def _resolve_device(spec: StudySpec):
         raise UserError(f"{spec.path}: [model] device = {spec.model.device!r}: {exc}") from None
 
 
-def tune(spec: StudySpec, options: TuneOptions) -> int:
-    """Run the search for every context length of `spec`; returns the exit code."""
+def tune(spec: StudySpec, options: TuneOptions) -> TuneRun:
+    """Run the search (and confirmation) for every context length of `spec`."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     device = _resolve_device(spec)
     device_str = spec.model.device if spec.model.device != "auto" else device.type
@@ -156,17 +97,6 @@ def tune(spec: StudySpec, options: TuneOptions) -> int:
             if results[-1].verdict and results[-1].study:
                 publish(optuna.load_study(study_name=results[-1].study, storage=storage), results[-1].verdict)
         interrupted = stop.stop_requested
-    for result in results:
-        for line in summary_lines(result):
-            print(line)
-    selector = f"--study {spec.path}" + (f" --storage '{store}'" if options.storage != spec.storage else "")
-    for line in next_steps(results, store=store, selector=selector):
-        print(line)
-    if interrupted:
-        skipped = [c for c in spec.workload.contexts if c not in {r.context for r in results}]
-        if skipped:
-            print(f"stopped by Ctrl-C; not started: L{', L'.join(map(str, skipped))}. Run the same command to resume.")
-        else:
-            print("stopped by Ctrl-C. Run the same command to resume.")
-        return 130
-    return 1 if any(r.error for r in results) else 0
+    started = {r.context for r in results}
+    not_started = [c for c in spec.workload.contexts if c not in started] if interrupted else []
+    return TuneRun(results, store, interrupted, not_started)

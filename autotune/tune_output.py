@@ -1,5 +1,5 @@
-"""What `autotune tune` prints: one line per trial (with a tqdm bar on a terminal) and a
-summary per context length."""
+"""What `autotune tune` shows while it runs: one line per trial (with a tqdm bar on a
+terminal); the summary at the end is printed by autotune.commands.tune."""
 
 from __future__ import annotations
 
@@ -12,10 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from autotune.defaults import DEFAULT_PATH as DEFAULTS_FILE
 from autotune.objective import median, recall_of
-from autotune.report import DEFAULT_OUT as REPORT_FILE
-from autotune.verdict import plain_verdict, plural
 from autotune.workers import Slot
 
 
@@ -99,46 +96,3 @@ class Progress:
 def stderr_hint(trial: FrozenTrial) -> str:
     tail = (trial.user_attrs.get("stderr_tail") or "").strip().splitlines()[-5:]
     return ("\n  stderr:\n    " + "\n    ".join(tail)) if tail else ""
-
-
-def summary_lines(result: ContextResult) -> list[str]:
-    head = f"L{result.context} {result.study or ''}".rstrip()
-    if result.error:
-        return [f"{head}: ERROR {result.error}"]
-    lines = [f"{head}: {plural(result.finished, 'trial')} ({result.failed} failed)"
-             + (f"; {'; '.join(result.notes)}" if result.notes else "")]
-    if result.best is not None:
-        base = f"{result.baseline_value:.3f}" if result.baseline_value is not None else "n/a"
-        lines.append(f"  search max (unconfirmed) {result.best.value:.3f} (baseline {base}): trial {result.best.number} "
-                     f"[{result.best.user_attrs.get('strategy')}] {fmt_config(result.best.params)}")
-    if result.verdict:
-        lines.append(f"  verdict: {plain_verdict(result.verdict)}")
-    return lines
-
-
-def next_steps(results: list[ContextResult], *, store: str, selector: str) -> list[str]:
-    """The closing lines of a run: what was found, where it is, what to run next.
-    selector: the arguments that name this run's studies to the other commands."""
-    confirmed = [r for r in results if r.verdict and r.verdict.get("verdict") == "improved"]
-    decided = [r for r in results if r.verdict]
-    if confirmed:
-        found = (f"Found: a config that beats the baseline beyond noise at "
-                 f"{', '.join(f'L{r.context}' for r in confirmed)}"
-                 f" ({len(confirmed)} of {plural(len(results), 'context length')}); see the verdicts above.")
-    elif any(r.verdict.get("candidates") for r in decided):
-        found = ("Found: nothing that beats the baseline beyond noise; the baseline stays the default "
-                 "(the verdicts above say how close the best candidates came).")
-    elif decided:
-        found = ("Found: no config scored above the baseline in the search; the baseline stays the "
-                 "default (on this machine, today's default is already the fastest config tried).")
-    else:
-        found = "No verdict yet: confirmation has not run, so the baseline stays the default."
-    commands = [
-        (f"autotune best {selector}", "the table per context length and the verdicts"),
-        (f"autotune export {selector}", f"write {DEFAULTS_FILE}, which the runner and `autotune generate` read"),
-        (f"autotune report {selector}", f"one HTML page with the figures ({REPORT_FILE})"),
-        (f"autotune dashboard {selector}", "optuna-dashboard on the store, http://127.0.0.1:8080/"),
-    ]
-    width = max(len(c) for c, _ in commands)
-    return ["", found, f"Every trial is in the store {store}", "Next:",
-            *(f"  {command.ljust(width)}  # {what}" for command, what in commands)]

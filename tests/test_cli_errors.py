@@ -16,7 +16,8 @@ from autotune.cli import main
 from autotune.spec import load_spec
 from autotune.store.storage import StoreError, open_study
 from autotune.store.locks import WriterLock
-from autotune.tune import TuneOptions, tune
+from autotune.commands.tune import tune_and_report
+from autotune.tune import TuneOptions
 from test_tune import FAKE_BENCH
 from tiny_study import tiny_spec_text
 
@@ -129,7 +130,7 @@ def test_a_tune_names_its_store_first_and_ends_with_what_to_run_next(tmp_path, c
     store = tmp_path / "t.db"
     options = TuneOptions(storage=f"sqlite:///{store}", n_trials=4, timeout_s=None, seed=1,
                           bench_command=(sys.executable, str(fake)))
-    assert tune(spec, options) == 0
+    assert tune_and_report(spec, options) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == f"store: sqlite:///{store}"
     assert "search max (unconfirmed)" in out and "  verdict: " in out

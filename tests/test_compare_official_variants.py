@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from autotune import compare_official as co
+from autotune.commands import compare_official as command
 from autotune.compare_official_variants import (
     DecodeVariant, OfficialPlan, PrefillVariant, VariantResults, decode_bound_tok_s, decode_grid, describe_error,
     prefill_grid)
@@ -90,7 +91,7 @@ def test_summary_divides_by_the_best_official_variant():
     assert result["ratios"]["prefill"]["2048"] == pytest.approx(1.3)
     assert result["decode_batches"]["16"]["official"] == 1000.0
     assert result["decode_batches"]["16"]["bound"] == pytest.approx(3810, rel=1e-3)
-    table = co.format_table(result)
+    table = command.format_table(result)
     assert "fused/native/compiled" in table and "crashed: fused/xl/chunk128: SIGSEGV" in table
     assert "B=16" in table
 

@@ -87,17 +87,15 @@ def test_the_runner_and_generate_apply_the_exported_kernel_parameters(tmp_path, 
 
 
 def test_compare_official_reads_kernel_parameters_from_config_and_defaults(tmp_path):
-    import argparse
-
     import autotune.compare_official as co
 
     url = store_with_kernel_knobs(tmp_path, dtype="bfloat16")  # compare-official runs bf16
     out = tmp_path / "defaults.json"
     assert main(["export", "--storage", url, "--out", str(out)]) == 0
     config = '{"workers": 1, "heads_per_band": 4, "chunk_size": 64, "T_inner": 64, "kernel": {"sub_chunk": 64}}'
-    args = argparse.Namespace(config=config, shape="tiny", backend="queued", defaults=None)
+    args = co.CompareOptions(config=config, shape="tiny", backend="queued")
     assert co._knobs_for(args, 4, 64, "cpu")[:2] == ({**BASE, "chunk_size": 64, "T_inner": 64}, {"sub_chunk": 64})
-    args = argparse.Namespace(config=None, shape="tiny", backend="queued", defaults=str(out))
+    args = co.CompareOptions(shape="tiny", backend="queued", defaults=str(out))
     with warnings.catch_warnings():
         warnings.simplefilter("error", DefaultsWarning)
         knobs, kernel, source = co._knobs_for(args, 4, 64, "cpu")

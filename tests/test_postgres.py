@@ -285,9 +285,10 @@ def test_a_killed_holder_leaves_no_lock_behind(tmp_path, pg_url):
 RUNNER = """
 import sys
 from autotune.spec import load_spec
-from autotune.tune import TuneOptions, tune
+from autotune.commands.tune import tune_and_report
+from autotune.tune import TuneOptions
 spec = load_spec(sys.argv[1])
-sys.exit(tune(spec, TuneOptions(storage=sys.argv[2], n_trials=int(sys.argv[3]), timeout_s=None, seed=None,
+sys.exit(tune_and_report(spec, TuneOptions(storage=sys.argv[2], n_trials=int(sys.argv[3]), timeout_s=None, seed=None,
                                 bench_command=(sys.executable, sys.argv[4]))))
 """
 

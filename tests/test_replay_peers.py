@@ -9,7 +9,7 @@ import pytest
 
 from autotune.errors import UserError
 from autotune.replay import load_surface, replay_run, run_comparison, summarise
-from autotune.replay.cli import parse_strategies
+from autotune.commands.replay import parse_strategies
 from autotune.replay.stats import versus_best
 
 

@@ -27,7 +27,8 @@ from autotune.spec import ObjectiveSpec, load_spec
 from autotune.store.storage import StoreError, parse_storage_url
 from autotune.store.locks import WriterLock
 from autotune.store.layout import study_name
-from autotune.tune import ContextTuner, TuneOptions, tune
+from autotune.commands.tune import tune_and_report
+from autotune.tune import ContextTuner, TuneOptions
 from tiny_study import tiny_spec_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def test_score_is_the_weighted_sum_of_normalised_speeds_and_recall():
 # -------------------------------------------------------------- the tuning loop
 def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake_bench, capsys):
     spec = _spec(tmp_path, contexts=(64, 128))
-    assert tune(spec, _options(tmp_path, fake_bench)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench)) == 0
     names = _names(tmp_path)
     expected = [study_name("tiny", "cpu", ("queued",), c) for c in (64, 128)]
     assert expected == ["tiny/cpu/queued/L64", "tiny/cpu/queued/L128"] and names == sorted(expected)
@@ -170,7 +171,7 @@ def test_tune_makes_one_study_per_context_with_the_baseline_first(tmp_path, fake
 def test_warm_workers_measure_by_default_and_process_fresh_starts_one_per_trial(tmp_path, fake_bench):
     """One warm worker measures every trial of a study (one pid); `[trials] process =
     "fresh"` or `--process fresh` runs a process per trial; the trial says which."""
-    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench)) == 0
+    assert tune_and_report(_spec(tmp_path), _options(tmp_path, fake_bench)) == 0
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
     assert {t.user_attrs["process"] for t in trials} == {"warm"}
     assert len({t.user_attrs["timings"]["pid"] for t in trials}) == 1
@@ -178,7 +179,7 @@ def test_warm_workers_measure_by_default_and_process_fresh_starts_one_per_trial(
     fresh_spec = _spec(tmp_path, extra='[trials]\nprocess = "fresh"\n')
     assert fresh_spec.trials.process == "fresh"
     options = _options(tmp_path, fake_bench, storage=f"sqlite:///{tmp_path}/fresh.db")
-    assert tune(fresh_spec, options) == 0
+    assert tune_and_report(fresh_spec, options) == 0
     trials = optuna.load_study(study_name="tiny/cpu/queued/L64", storage=options.storage).get_trials()
     assert {t.user_attrs["process"] for t in trials} == {"fresh"}
     assert len({t.user_attrs["timings"]["pid"] for t in trials}) == len(trials) == 5
@@ -186,7 +187,7 @@ def test_warm_workers_measure_by_default_and_process_fresh_starts_one_per_trial(
 
 def test_the_process_setting_is_checked_and_overridden_on_the_command_line(tmp_path):
     from autotune.spec import SpecError
-    from autotune.tune import add_arguments
+    from autotune.commands.tune import add_arguments
     import argparse
 
     with pytest.raises(SpecError, match="process"):
@@ -200,7 +201,7 @@ def test_the_process_setting_is_checked_and_overridden_on_the_command_line(tmp_p
 def test_flat_surface_keeps_the_baseline(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_FLAT", "1")
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
     conf = _study(tmp_path, "tiny/cpu/queued/L64").user_attrs["confirmation"]
     assert conf["verdict"] == "baseline" and conf["beats_baseline"] is False
     assert conf["default"] == {"trial": 0, "config": {"workers": 1, "heads_per_band": 4, "chunk_size": 64, "T_inner": 64},
@@ -209,9 +210,9 @@ def test_flat_surface_keeps_the_baseline(tmp_path, fake_bench, monkeypatch):
 
 def test_resume_continues_to_the_budget_without_remeasuring(tmp_path, fake_bench):
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
     before = {t.number: (t.params, t.value) for t in _study(tmp_path, "tiny/cpu/queued/L64").get_trials()}
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=6)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=6)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     trials = study.get_trials()
     assert len(trials) == 6
@@ -220,18 +221,18 @@ def test_resume_continues_to_the_budget_without_remeasuring(tmp_path, fake_bench
     assert len(set(_complete_params(study))) == 6
     # A finished budget: a third run measures nothing and keeps the verdict.
     verdict = study.user_attrs["confirmation"]
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=6)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=6)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     assert len(study.get_trials()) == 6 and study.user_attrs["confirmation"] == verdict
 
 
 def test_skip_confirmation_leaves_the_verdict_to_a_later_run(tmp_path, fake_bench, capsys):
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4, confirm=False)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=4, confirm=False)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     assert "confirmation" not in study.user_attrs
     assert "confirmation skipped" in capsys.readouterr().out
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     assert len(study.get_trials()) == 4  # nothing measured twice in the search
     assert study.user_attrs["confirmation"]["verdict"] in ("improved", "baseline")
@@ -239,7 +240,7 @@ def test_skip_confirmation_leaves_the_verdict_to_a_later_run(tmp_path, fake_benc
 
 def test_stale_running_trials_are_failed_and_measured_again(tmp_path, fake_bench):
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     # What a kill -9 leaves: a RUNNING trial with its params, never told.
     params = {"workers": 4, "heads_per_band": 1, "chunk_size": 32, "T_inner": 16}
@@ -250,7 +251,7 @@ def test_stale_running_trials_are_failed_and_measured_again(tmp_path, fake_bench
     assert study.get_trials()[cut.number].params == params
     assert study.get_trials()[cut.number].state == TrialState.RUNNING
 
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=4)) == 0
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
     stale = trials[cut.number]
     assert stale.state == TrialState.FAIL and stale.user_attrs["stale"] is True
@@ -265,7 +266,7 @@ def test_failures_become_fail_trials_with_their_kind(tmp_path, fake_bench, monke
     monkeypatch.setenv("FAKE_FAIL_T_INNER", "8")
     monkeypatch.setenv("FAKE_CRASH_HPB", "2")
     spec = _spec(tmp_path, extra="")
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=12)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=12)) == 0
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed, "the seeded search should hit T_inner=8 or heads_per_band=2"
@@ -283,7 +284,7 @@ def test_failures_become_fail_trials_with_their_kind(tmp_path, fake_bench, monke
 
 def test_a_trial_on_a_kernel_fallback_fails_with_its_kind_and_keeps_what_ran(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_FALLBACK_T_INNER", "8")
-    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=12)) == 0
+    assert tune_and_report(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=12)) == 0
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
     fell_back = [t for t in trials if t.params["T_inner"] == 8]
     assert fell_back, "the seeded search should hit T_inner=8"
@@ -297,7 +298,7 @@ def test_a_trial_on_a_kernel_fallback_fails_with_its_kind_and_keeps_what_ran(tmp
 
 def test_kernel_knobs_are_searched_with_the_knobs_and_reach_the_benchmark(tmp_path, fake_bench):
     spec = _spec(tmp_path, extra="[space.kernel]\nrows_max_k = [4096, 8192]\n")
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert study.user_attrs["space"]["rows_max_k"] == [4096, 8192]
@@ -310,7 +311,7 @@ def test_kernel_knobs_are_searched_with_the_knobs_and_reach_the_benchmark(tmp_pa
 def test_batches_give_one_study_per_context_and_batch_and_batch_one_keeps_its_name(tmp_path, fake_bench):
     spec = _spec(tmp_path)
     spec = replace(spec, workload=replace(spec.workload, batches=(1, 16)))
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
     assert _names(tmp_path) == ["tiny/cpu/queued/L64", "tiny/cpu/queued/L64/B16"]
     for name, batch in (("tiny/cpu/queued/L64", 1), ("tiny/cpu/queued/L64/B16", 16)):
         trials = _study(tmp_path, name).get_trials(states=(TrialState.COMPLETE,))
@@ -320,7 +321,7 @@ def test_batches_give_one_study_per_context_and_batch_and_batch_one_keeps_its_na
 def test_recall_below_the_floor_is_a_violated_constraint(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_LOW_RECALL_WORKERS", "4")
     spec = _spec(tmp_path, floor=0.5)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     low = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.params["workers"] == 4]
     assert low, "the seeded search should try workers=4"
@@ -333,7 +334,7 @@ def test_recall_below_the_floor_is_a_violated_constraint(tmp_path, fake_bench, m
 def test_a_failing_baseline_ends_that_context_with_a_clear_error(tmp_path, fake_bench, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_CRASH_HPB", "4")  # the built-in default has heads_per_band = num_heads = 4
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench)) == 1
+    assert tune_and_report(spec, _options(tmp_path, fake_bench)) == 1
     out = capsys.readouterr().out
     assert "the baseline config" in out and "crash" in out and "boom" in out
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
@@ -343,7 +344,7 @@ def test_a_failing_baseline_ends_that_context_with_a_clear_error(tmp_path, fake_
 def test_search_stops_when_every_valid_config_is_measured(tmp_path, fake_bench, capsys):
     spec = _spec(tmp_path, extra="")
     spec = type(spec)(**{**spec.__dict__, "space": {"workers": (1, 2), "heads_per_band": (4,), "chunk_size": (64,), "T_inner": (64,)}})
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=10)) == 0
     # heads_per_band 4 of 4 heads = one band, so workers=2 is invalid: the baseline is the only config
     trials = _study(tmp_path, "tiny/cpu/queued/L64").get_trials()
     assert len(trials) == 1
@@ -354,7 +355,7 @@ def test_wall_time_budget_stops_the_search(tmp_path, fake_bench, monkeypatch):
     monkeypatch.setenv("FAKE_BENCH_SLEEP", "1.0")
     spec = _spec(tmp_path, top_k=0)
     start = time.monotonic()
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=None, timeout_s=2.5)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=None, timeout_s=2.5)) == 0
     assert time.monotonic() - start < 20
     n = len(_study(tmp_path, "tiny/cpu/queued/L64").get_trials())
     assert 1 <= n <= 3
@@ -380,37 +381,37 @@ def test_trial_timeout_adapts_to_the_baseline_and_is_capped(tmp_path, fake_bench
 # ------------------------------------------------------------ store safety
 def test_fingerprint_mismatch_is_refused_and_new_study_starts_beside_it(tmp_path, fake_bench):
     spec = _spec(tmp_path)
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
     study = _study(tmp_path, "tiny/cpu/queued/L64")
     study.set_user_attr("fingerprint", {**study.user_attrs["fingerprint"], "device_name": "Some Other GPU"})
     with pytest.raises(StoreError) as info:
-        tune(spec, _options(tmp_path, fake_bench, n_trials=3))
+        tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=3))
     message = str(info.value)
     assert "Some Other GPU" in message and "--new-study" in message and "tiny/cpu/queued/L64~2" in message
     assert len(_study(tmp_path, "tiny/cpu/queued/L64").get_trials()) == 2  # untouched
 
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=2, new_study=True)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=2, new_study=True)) == 0
     assert _names(tmp_path) == ["tiny/cpu/queued/L64", "tiny/cpu/queued/L64~2"]
     # without the flag the newest study of the family is resumed
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=3)) == 0
     assert len(_study(tmp_path, "tiny/cpu/queued/L64~2").get_trials()) == 3
     assert len(_study(tmp_path, "tiny/cpu/queued/L64").get_trials()) == 2
 
 
 def test_a_changed_measurement_spec_is_refused(tmp_path, fake_bench):
-    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=2)) == 0
+    assert tune_and_report(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=2)) == 0
     changed = _spec(tmp_path, extra="").__class__
     spec = _spec(tmp_path)
     spec = changed(**{**spec.__dict__, "workload": type(spec.workload)(contexts=(64,), repeats=9)})
     with pytest.raises(StoreError, match=r"workload.repeats \(3 -> 9\).*--new-study"):
-        tune(spec, _options(tmp_path, fake_bench, n_trials=3))
+        tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=3))
 
 
 def test_adding_kernel_knobs_to_a_studied_spec_is_refused_on_resume(tmp_path, fake_bench):
-    assert tune(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=2)) == 0
+    assert tune_and_report(_spec(tmp_path), _options(tmp_path, fake_bench, n_trials=2)) == 0
     with_kernel = _spec(tmp_path, extra="[space.kernel]\nrows_max_k = [4096, 8192]\n")
     with pytest.raises(StoreError, match=r"kernel_space.*--new-study"):
-        tune(with_kernel, _options(tmp_path, fake_bench, n_trials=3))
+        tune_and_report(with_kernel, _options(tmp_path, fake_bench, n_trials=3))
 
 
 def test_second_tuner_on_one_sqlite_file_gets_a_clear_error(tmp_path, fake_bench):
@@ -418,11 +419,11 @@ def test_second_tuner_on_one_sqlite_file_gets_a_clear_error(tmp_path, fake_bench
     db = tmp_path / "t.db"
     with WriterLock(db):
         with pytest.raises(StoreError) as info:
-            tune(spec, _options(tmp_path, fake_bench))
+            tune_and_report(spec, _options(tmp_path, fake_bench))
     message = str(info.value)
     assert f"pid {os.getpid()}" in message and str(db) in message and "one tuner at a time" in message
     # the lock went with its holder: the next tuner runs
-    assert tune(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
+    assert tune_and_report(spec, _options(tmp_path, fake_bench, n_trials=2)) == 0
 
 
 def test_writer_lock_is_released_when_its_holder_is_killed(tmp_path):
@@ -481,9 +482,10 @@ def test_unreachable_server_is_a_clear_error():
 RUNNER = """
 import sys
 from autotune.spec import load_spec
-from autotune.tune import TuneOptions, tune
+from autotune.commands.tune import tune_and_report
+from autotune.tune import TuneOptions
 spec = load_spec(sys.argv[1])
-sys.exit(tune(spec, TuneOptions(storage=sys.argv[2], n_trials=int(sys.argv[3]), timeout_s=None, seed=1,
+sys.exit(tune_and_report(spec, TuneOptions(storage=sys.argv[2], n_trials=int(sys.argv[3]), timeout_s=None, seed=1,
                                 bench_command=(sys.executable, sys.argv[4]))))
 """
 

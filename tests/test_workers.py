@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 from autotune.errors import UserError
 from autotune.spec import load_spec
 from autotune.store.recovery import is_stale, recover_stale_trials
-from autotune.tune import TuneOptions, tune
+from autotune.commands.tune import tune_and_report
+from autotune.tune import TuneOptions
 from autotune.workers import gpu_slots, identity, is_gone, parse_gpus
 from tiny_study import tiny_spec_text
 
@@ -52,7 +53,7 @@ def _trials(tmp_path):
 # ------------------------------------------------------------------ --gpus
 def test_gpus_run_one_child_per_gpu_at_a_time_and_in_parallel(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_BENCH_SLEEP", "0.4")
-    assert tune(_spec(tmp_path), _options(tmp_path, n_trials=7, gpus=(0, 1))) == 0
+    assert tune_and_report(_spec(tmp_path), _options(tmp_path, n_trials=7, gpus=(0, 1))) == 0
     trials = _trials(tmp_path)
     assert all(t.state == TrialState.COMPLETE for t in trials) and len(trials) == 7
     params = [tuple(sorted(t.params.items())) for t in trials]
@@ -196,7 +197,7 @@ def test_a_trial_taken_over_by_another_worker_is_dropped_and_measured_again(tmp_
 
     thief = threading.Thread(target=take_over_trial_1)
     thief.start()
-    assert tune(spec, _options(tmp_path, n_trials=3, lease_s=0.5)) == 0
+    assert tune_and_report(spec, _options(tmp_path, n_trials=3, lease_s=0.5)) == 0
     thief.join()
     assert taken["numbers"] == [1]
     trials = _trials(tmp_path)

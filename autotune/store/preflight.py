@@ -8,8 +8,8 @@ library only, and the tuner takes it for real later (autotune.store.locks.Writer
 
 from __future__ import annotations
 
-import argparse
 import errno
+import fcntl
 import os
 import re
 import tomllib
@@ -32,19 +32,15 @@ def busy_message(db_path: Path, holder: str) -> str:
             "database such as PostgreSQL)")
 
 
-def _sqlite_path(argv: list[str]) -> Path | None:
-    """The SQLite file `autotune tune argv` would write, or None (another store, or a
-    spec this quick look cannot read: the full run then reports what is wrong)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--study")
-    parser.add_argument("--storage")
-    args, _ = parser.parse_known_args(argv)
-    url = args.storage
+def _sqlite_path(study: str | None, storage: str | None) -> Path | None:
+    """The SQLite file a tune of spec `study` into `storage` would write, or None (another
+    store, or a spec this quick look cannot read: the full run then reports what is wrong)."""
+    url = storage
     if url is None:
-        if not args.study:
+        if not study:
             return None
         try:
-            url = tomllib.loads(Path(args.study).read_text(encoding="utf-8")).get("storage", DEFAULT_STORAGE)
+            url = tomllib.loads(Path(study).read_text(encoding="utf-8")).get("storage", DEFAULT_STORAGE)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return None
     match = _SQLITE.match(url) if isinstance(url, str) else None
@@ -53,11 +49,10 @@ def _sqlite_path(argv: list[str]) -> Path | None:
     return Path(match["path"]).expanduser().absolute()
 
 
-def tune_refusal(argv: list[str]) -> str | None:
-    """Why `autotune tune argv` cannot start now (its store's writer lock is held), or None."""
-    import fcntl
-
-    db_path = _sqlite_path(argv)
+def tune_refusal(study: str | None, storage: str | None) -> str | None:
+    """Why a tune of spec `study` into `storage` (None: the spec's) cannot start now (its
+    store's writer lock is held), or None."""
+    db_path = _sqlite_path(study, storage)
     if db_path is None:
         return None
     try:

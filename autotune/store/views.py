@@ -7,23 +7,23 @@ medians, and opening a store for reading without ever creating one.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autotune.errors import UserError, missing_driver
 from autotune.objective import median
-from autotune.spec import DEFAULT_STORAGE
+from autotune.spec import DEFAULT_STORAGE, load_spec
 from autotune.store.layout import StudyKey, parse_study_name
 
 
 def open_storage(url: str):
     """An Optuna RDB storage for `url`; a missing SQLite file is an error, not a new store."""
+    # deferred, as in redact_url: Optuna and SQLAlchemy take a second to load, and the
+    # commands that import this module check their arguments first
     import optuna
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
-
-    from autotune.errors import UserError
 
     try:
         parsed = make_url(url)
@@ -39,8 +39,6 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as exc:  # Optuna's wrapper of the driver's own ImportError
-        from autotune.errors import missing_driver
-
         module = getattr(exc.__cause__, "name", None) or exc.name
         raise UserError(missing_driver(redact_url(url), parsed.get_backend_name(), module)) from None
     except Exception as exc:  # driver missing, server down, auth: all user-fixable
@@ -78,14 +76,13 @@ def redact_url(url: str) -> str:
         return "(storage)"
 
 
-def storage_from_args(args: argparse.Namespace) -> tuple[str, StudyFilter | None]:
-    """(storage URL, which studies to keep or None for all) from --storage/--study."""
+def store_selection(storage: str | None, study: str | None) -> tuple[str, StudyFilter | None]:
+    """(storage URL, which studies to keep or None for all) for an optional storage URL
+    and an optional spec file (its studies, and its storage unless `storage` is given)."""
     keep = None
-    url = args.storage
-    if getattr(args, "study", None):
-        from autotune.spec import load_spec  # deferred: only --study needs the spec reader
-
-        spec = load_spec(args.study)
+    url = storage
+    if study:
+        spec = load_spec(study)
         device = spec.model.device
         # 'auto' resolves differently per machine, and the store may be shared: match any.
         kind = None if device == "auto" else device.split(":")[0]
@@ -93,11 +90,6 @@ def storage_from_args(args: argparse.Namespace) -> tuple[str, StudyFilter | None
                            tuple(spec.workload.batches))
         url = url or spec.storage
     return url or DEFAULT_STORAGE, keep
-
-
-def add_store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--storage", metavar="URL", help=f"Optuna storage URL (default: the spec's, else {DEFAULT_STORAGE})")
-    parser.add_argument("--study", metavar="FILE", help="a study spec (TOML): only its studies, and its storage")
 
 
 def is_feasible(trial) -> bool:

@@ -6,19 +6,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autotune.errors import UserError
+from autotune.commands.store_arguments import add_store_arguments, studies_from_args
 from autotune.export import confirmed_metrics, export_choice
 from autotune.names import KNOBS
-from autotune.store.views import (
-    StudyView,
-    add_store_arguments,
-    knobs_of,
-    load_views,
-    metric_medians,
-    open_storage,
-    redact_url,
-    storage_from_args,
-)
+from autotune.store.views import StudyView, knobs_of, metric_medians
 from autotune.verdict import plain_verdict
 
 
@@ -73,11 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    url, keep = storage_from_args(args)
-    views = load_views(open_storage(url), keep)
-    if not views:
-        raise UserError(f"the store {redact_url(url)} holds no tuning studies yet; run `autotune tune --study FILE` first")
+    _, views = studies_from_args(args)
     print(render_tables(views))
     print(
         "\n'export writes' is the config `autotune export` writes for that context: 'tuned' (it beat the "

@@ -8,14 +8,16 @@ import sys
 import time
 
 from autotune.errors import UserError
+from autotune.replay.loading import load_surface
 from autotune.replay.peers import KT_EXTRA_HINT, PeerUnavailable, is_peer, kt_strategies, require_kernel_tuner
+from autotune.replay.report import summarise, table, write_html, write_json
+from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES, run_comparison
+from autotune.replay.surface import SurfaceError
 
 DEFAULT_SEEDS = 25
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES
-
     parser.add_argument("surface", help="a surface file (autotune sweep) or a Kernel Tuner cache file (.json or .json.gz)")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                         help=f"comma-separated names of {','.join(ALL_STRATEGIES)} and kt:NAME, Kernel Tuner's "
@@ -38,8 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_strategies(text: str) -> list[str]:
-    from autotune.replay.runner import ALL_STRATEGIES
-
     names = [n.strip() for n in text.split(",") if n.strip()]
     peers = [n for n in names if is_peer(n)]
     if peers:
@@ -60,11 +60,6 @@ def parse_strategies(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.replay.report import summarise, table, write_html, write_json
-    from autotune.replay.runner import run_comparison
-    from autotune.replay.loading import load_surface
-    from autotune.replay.surface import SurfaceError
-
     strategies = parse_strategies(args.strategies)
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")

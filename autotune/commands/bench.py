@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from autotune.bench.config import BenchRequest
+from autotune.bench.main import main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.bench.main import main
-
     return main([args.config] if args.config is not None else [])

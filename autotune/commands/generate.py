@@ -1,4 +1,5 @@
-"""`autotune generate`: run the model with the knobs exported for the prompt's length.
+"""`autotune generate`: run the model with the knobs exported for the prompt's length
+(autotune.runtime picks them and runs the model).
 
 There is no tokenizer. A prompt is given as text (its UTF-8 bytes are the token ids,
 which is exact for the byte-level `tiny` shape), as explicit token ids, or as a number
@@ -13,7 +14,10 @@ import random
 import sys
 import warnings
 
-from autotune.defaults import DEFAULT_PATH
+from autotune.defaults import DEFAULT_PATH, DefaultsWarning
+from autotune.errors import UserError
+from autotune.runtime import load_runner
+from kernels import get_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def prompt_ids(args: argparse.Namespace, vocab: int) -> list[int]:
-    from autotune.errors import UserError
-
     if args.prompt is not None:
         ids = list(args.prompt.encode("utf-8"))
         if not ids:
@@ -63,11 +65,6 @@ def prompt_ids(args: argparse.Namespace, vocab: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autotune.errors import UserError
-    from autotune.defaults import DefaultsWarning
-    from autotune.runtime import load_runner
-    from kernels import get_config
-
     try:
         vocab = get_config(args.shape).vocab_size
     except ValueError as exc:
