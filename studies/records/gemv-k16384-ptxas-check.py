@@ -6,7 +6,7 @@ Run from the repository root with Triton 3.6 installed:  PYTHONPATH=$PWD python 
 import subprocess, tempfile, os, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import kernels.triton_ops as t
+import kernels.triton_gemv as t
 ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 target = GPUTarget("cuda", 90, 32)
 ptrs = {n: "*bf16" for n in ("x_ptr", "w_ptr", "out_ptr", "bias_ptr", "res_ptr", "p1_ptr", "p2_ptr")}
