@@ -1,7 +1,8 @@
 """The names every layer agrees on: scheduling knobs, kernel knobs, backends, dtypes,
 strategies.
 
-Torch-free, so that reading a spec or a store never imports torch. The schedulers
+Torch-free, so that reading a spec or a store never imports torch (torch_dtype imports
+it when called). The schedulers
 implement exactly these (tests/test_records.py holds them equal to
 `schedulers.KNOB_NAMES` and `schedulers.BACKENDS`; tests/test_kernel_knobs.py holds
 KERNEL_KNOBS equal to the parameters kernels.registry declares).

@@ -168,7 +168,6 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
 
-
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         device = resolve_device(spec.model.device)

@@ -35,6 +35,9 @@ from autotune.verdict import publish
 from autotune.store.views import redact_url
 from autotune.workers import gpu_slots
 
+# kernels is imported where the device is resolved: it loads torch, which
+# `autotune tune --help` and a spec error never need.
+
 __all__ = ["ContextTuner", "StopControl", "TuneOptions", "TuneRun", "tune"]
 
 
@@ -50,7 +53,6 @@ class TuneRun:
 
 
 def _resolve_device(spec: StudySpec):
-    # deferred: kernels loads torch, which `autotune tune --help` and a spec error never need
     from kernels import DeviceUnavailableError, resolve_device
 
     try:

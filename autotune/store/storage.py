@@ -16,6 +16,9 @@ from autotune.errors import UserError
 from autotune.errors import missing_driver
 from autotune.store.layout import family, next_name
 
+# SQLAlchemy and torch are imported where they are used: `autotune sweep` imports this
+# module but never opens a store, and only the machine fingerprint needs torch.
+
 METRIC_NAME = "score"  # the objective's name in Optuna (and so in the dashboard)
 SCHEMA_RACE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 
