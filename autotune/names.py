@@ -1,14 +1,15 @@
 """The names every layer agrees on: scheduling knobs, kernel knobs, backends, dtypes,
 strategies.
 
-Torch-free, so that reading a spec or a store never imports torch (torch_dtype imports
-it when called). The schedulers
+Torch-free, so that reading a spec or a store never imports torch. The schedulers
 implement exactly these (tests/test_records.py holds them equal to
 `schedulers.KNOB_NAMES` and `schedulers.BACKENDS`; tests/test_kernel_knobs.py holds
 KERNEL_KNOBS equal to the parameters kernels.registry declares).
 """
 
 from __future__ import annotations
+
+# torch is imported inside torch_dtype, the one function that needs it.
 
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # Kernel parameters a study may search ([space.kernel]); a BenchRequest carries them in `kernel`.
