@@ -36,7 +36,7 @@ from autotune.objective import Baseline, median, recall_violation, score
 from autotune.replay.surface import surface_document
 from autotune.space import SearchSpace, SpaceError
 from autotune.spec import SpecError, parse_spec
-from autotune.store.storage import describe_fingerprint, machine_fingerprint
+from autotune.store.fingerprint import describe_fingerprint, machine_fingerprint
 from autotune.sweep_runs import SweepRuns, refuse_a_failed_baseline
 from autotune.workers import Slot
 

@@ -29,7 +29,8 @@ from autotune.context_tuner import ContextTuner, TuneOptions
 from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
 from autotune.store.locks import NamedLocks, WriterLock
-from autotune.store.storage import machine_fingerprint, open_storage, parse_storage_url
+from autotune.store.fingerprint import machine_fingerprint
+from autotune.store.storage import open_storage, parse_storage_url
 from autotune.tune_output import ContextResult, say
 from autotune.verdict import publish
 from autotune.store.views import redact_url

@@ -25,7 +25,7 @@ DEFERRED = {
 DEFERRED_HERE = {
     ("autotune/bench/main.py", "autotune.bench.env"): "loads torch",
     ("autotune/bench/main.py", "autotune.bench.measure"): "loads torch",
-    ("autotune/store/storage.py", "autotune.bench.env"): "loads torch",
+    ("autotune/store/fingerprint.py", "autotune.bench.env"): "loads torch",
     ("autotune/spec.py", "autotune.space"): "loads Optuna",
     ("autotune/replay/loading.py", "autotune.sweep"): "autotune.sweep imports the replay package",
 }
