@@ -13,8 +13,8 @@ FIELDS = ("device_name", "torch", "project_version")
 
 
 def machine_fingerprint(device) -> dict[str, str]:
-    """The fingerprint of `device` here; the benchmark's env block reports the same fields
-    from the same functions."""
+    """The fingerprint of `device` here; the benchmark's env block reports the same fields,
+    read by the same functions."""
     import torch
 
     from autotune.bench.env import device_name, project_version
