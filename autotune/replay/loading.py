@@ -24,8 +24,8 @@ from autotune.replay.surface import (
 )
 from autotune.replay.synthetic import kernel_surface, xlstm_surface
 
-# autotune.sweep is imported where a sweep's journal is read: it imports
-# autotune.replay.surface, and so this package, itself.
+# autotune.sweep is imported where a sweep's journal is read: it imports this package
+# (through autotune.replay.surface), so at the top the two would import each other.
 
 SYNTHETIC_PREFIX = "synthetic:"
 
