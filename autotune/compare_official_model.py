@@ -17,7 +17,11 @@ import time
 
 import torch
 
+from autotune.compare_official_variants import decode_grid, prefill_grid
 from autotune.errors import UserError
+
+# xlstm and mlstm_kernels are optional: they are imported where used, so that without
+# them the command says how to install them.
 
 OFFICIAL_PACKAGES = "xlstm==2.0.6 mlstm_kernels==2.0.6"
 # Some official Triton kernels kill the process on some GPUs (not an exception): each
@@ -215,8 +219,6 @@ def measure_official(config, plan, *, contexts, repeats: int, decode_prompt: int
     """Every official variant of `plan` (an OfficialPlan) into `results` (VariantResults):
     prefill at each context length, then batch-1 decode; each weight layout is built once.
     A kernel/chunk pair whose probe fails is recorded as crashed and not run in-process."""
-    from autotune.compare_official_variants import decode_grid, prefill_grid
-
     vocab = config.vocab_size
     head_dims = (config.qk_dim // config.num_heads, config.v_dim // config.num_heads)
     cases = [(k, c, L) for k in plan.chunkwise_kernels for c in plan.chunk_sizes for L in contexts]

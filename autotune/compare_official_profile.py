@@ -26,6 +26,14 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
+from autotune.compare_official_model import timed, tokens
+from kernels import XLSTM, chunkwise, get_config
+from kernels.fastpath import FastModel
+from kernels.registry import KernelRun, use_run, what_ran
+from schedulers import Knobs, make_scheduler
+from schedulers.graphs import GraphDecoder, StaticDecoder
 
 MATMUL = re.compile(r"gemm|gemv|nvjet|cutlass|xmma|cublas|sm90_|ampere_|Kernel2", re.I)
 STAGES = ("embed", "mlstm.in_proj", "mlstm.gates", "mlstm.cell", "mlstm.out", "ffn.up", "ffn.down", "head")
@@ -104,11 +112,6 @@ def _summarize(kernels, wall_s: float, top: int = 25, per: int = 1) -> dict:
 
 
 def profile_prefill(fast, length: int, repeats: int, seed: int, graph_max: int = 8192) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-
-    from autotune.compare_official_model import timed, tokens
-    from schedulers import Knobs, make_scheduler
-
     model = fast.model
     toks = tokens(model.config.vocab_size, 1, length, seed, model.device)
     knobs = Knobs(workers=1, heads_per_band=model.config.num_heads, chunk_size=length, T_inner=length)
@@ -136,8 +139,6 @@ def profile_prefill(fast, length: int, repeats: int, seed: int, graph_max: int =
 def _graph_prefill(fast, toks, sched, repeats: int) -> dict:
     """The same forward captured once as a CUDA graph and replayed: its time and its
     largest logit difference from the eager forward (or why capture failed)."""
-    from autotune.compare_official_model import timed
-
     expected, _ = fast.forward(toks, None, sched)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -170,13 +171,6 @@ def profile_decode(fast, steps: int, seed: int) -> dict:
     """The kernels of one decode step (run eagerly, the graph's own kernels), the graph's
     step time, and the step time under each of DECODE_SETTINGS (built and captured anew)
     with its largest logit difference from the shipped setting after one step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from autotune.compare_official_model import timed, tokens
-    from kernels.registry import KernelRun, use_run
-    from schedulers import Knobs
-    from schedulers.graphs import GraphDecoder, StaticDecoder
-
     model = fast.model
     knobs = Knobs(workers=1, heads_per_band=model.config.num_heads, chunk_size=64, T_inner=64)
     token = tokens(model.config.vocab_size, 1, 1, seed, model.device)
@@ -219,10 +213,6 @@ def profile_cell(config, length: int, seed: int) -> dict:
     """One layer's prefill cell (the Triton sub-chunk kernels) at `length` under each of
     CELL_SETTINGS: ms per call (median of 5) and the largest h difference from the
     shipped setting."""
-    from autotune.compare_official_model import timed
-    from kernels import chunkwise
-    from kernels.registry import KernelRun, use_run
-
     g = torch.Generator(device="cuda").manual_seed(seed)
     nh, dk, dv = config.num_heads, config.qk_dim // config.num_heads, config.v_dim // config.num_heads
     q, k = (torch.randn(1, nh, length, dk, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
@@ -246,9 +236,6 @@ def profile_cell(config, length: int, seed: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from kernels import XLSTM, get_config
-    from kernels.fastpath import FastModel
-
     parser = argparse.ArgumentParser(prog="python -m autotune.compare_official_profile", description=__doc__)
     parser.add_argument("--shape", default="7b")
     parser.add_argument("--contexts", default="2048,8192,32768")
@@ -279,8 +266,6 @@ def main(argv=None) -> int:
         print(format_breakdown(f"prefill L={L}", p), flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    from kernels.registry import what_ran
-
     result["kernels"] = what_ran()  # the kernels and parameters that ran, any fallback
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

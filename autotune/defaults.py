@@ -24,6 +24,9 @@ from typing import Any
 
 from autotune.names import KERNEL_KNOBS, KNOBS  # noqa: F401  (one source; re-exported)
 
+# kernels is imported where a row is checked against the model: it loads torch, which
+# reading the defaults file never needs.
+
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path("studies/defaults.json")
 # The model's own runner advances 64 steps per kernel call; never exceed it by default.
@@ -151,13 +154,13 @@ def why_invalid_kernel(kernel: Any) -> str | None:
         return None
     if not isinstance(kernel, dict):
         return "kernel is not an object"
-    from kernels.registry import why_params_invalid  # deferred: reading a JSON file should not need torch
+    from kernels.registry import why_params_invalid
 
     return why_params_invalid(kernel, {})
 
 
 def _num_heads(shape: str) -> int:
-    from kernels import get_config  # deferred: reading a JSON file should not need torch
+    from kernels import get_config
 
     return get_config(shape).num_heads
 

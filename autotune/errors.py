@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -21,8 +22,6 @@ def require_folder(path: Path, what: str, flag: str) -> None:
 
 def file_mode() -> int:
     """The mode a plain open() would give a new file: 0666 less the umask (0644 usually)."""
-    import os
-
     umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask

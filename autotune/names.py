@@ -9,6 +9,8 @@ KERNEL_KNOBS equal to the parameters kernels.registry declares).
 
 from __future__ import annotations
 
+# torch is imported inside torch_dtype, the one function that needs it.
+
 KNOBS = ("workers", "heads_per_band", "chunk_size", "T_inner")
 # Kernel parameters a study may search ([space.kernel]); a BenchRequest carries them in `kernel`.
 KERNEL_KNOBS = ("sub_chunk", "output_warps", "rows_max_k", "step_tile")

@@ -25,7 +25,10 @@ import torch
 
 from autotune.defaults import Choice, pick_choice
 from autotune.names import DTYPES, torch_dtype
-
+from kernels import XLSTM, get_config, resolve_device, synchronize
+from kernels.registry import KernelRun, use_run
+from kernels.weights import WeightsError, load_checkpoint, load_official_xlstm, read_checkpoint_config
+from schedulers import Knobs, make_scheduler
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,6 @@ class Runner:
     A context manager: leaving it closes the scheduler (threads, Ray actors)."""
 
     def __init__(self, model, scheduler, choice: Choice, *, shape: str, backend: str, weights: str):
-        from kernels.registry import KernelRun
-
         self.kernels = KernelRun(params=dict(choice.kernel))  # the kernel parameters the runner applies
         self.model = model
         self.scheduler = scheduler
@@ -101,15 +102,11 @@ class Runner:
 
         warmup=True first runs the prompt and one decode step untimed, so compilation
         and lazy initialisation stay out of the reported speeds."""
-        from kernels.registry import use_run
-
         with use_run(self.kernels):
             return self._generate(prompt, new_tokens, warmup)
 
     @torch.no_grad()
     def _generate(self, prompt, new_tokens: int, warmup: bool) -> GenerationResult:
-        from kernels import synchronize
-
         if new_tokens < 1:
             raise ValueError(f"new_tokens must be >= 1, got {new_tokens}")
         ids = self._ids(prompt)
@@ -134,9 +131,6 @@ class Runner:
 
 
 def _build_model(shape: str, device: torch.device, dtype: torch.dtype, checkpoint: str | Path | None, seed: int):
-    from kernels import XLSTM, get_config
-    from kernels.weights import WeightsError, load_checkpoint, load_official_xlstm, read_checkpoint_config
-
     config = get_config(shape)
     if checkpoint is None:
         return XLSTM(config, device=device, dtype=dtype, seed=seed), f"random (seed {seed})"
@@ -175,9 +169,6 @@ def load_runner(
     (seeded) without one. Raises ValueError (DeviceUnavailableError, WeightsError,
     PlanError are ValueErrors) naming what to fix.
     """
-    from kernels import get_config, resolve_device
-    from schedulers import Knobs, make_scheduler
-
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     torch_device = resolve_device(device)

@@ -17,17 +17,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autotune import confirm as confirmation
 from autotune import records as R
+from autotune.defaults import builtin_default, pick_choice
 from autotune.errors import UserError
 from autotune.store.locks import NamedLocks
 from autotune.names import KERNEL_KNOBS, KNOBS
 from autotune.objective import Baseline
 from autotune.records import TrialRecord
+from autotune.space import SearchSpace, SpaceError
 from autotune.spec import StudySpec
 from autotune.store.storage import OpenedStudy, StorageURL, open_study
 from autotune.store.recovery import recover_stale_trials
 from autotune.store.layout import study_name
+from autotune.strategies import make_sampler
 from autotune.tune_output import fmt_config, say
 from autotune.warm_start import WarmStartError, seed_study, study_in_store
+
+# kernels is imported where the model's shape is read: it loads torch, which
+# `autotune tune --help` and a spec error never need.
 
 
 class StudySession:
@@ -61,8 +67,6 @@ class StudySession:
     # -- opening -------------------------------------------------------------
     def _runner_default(self, num_heads: int) -> tuple[dict[str, Any], str]:
         """The config the runner uses today for this prompt length, and where from."""
-        from autotune.defaults import builtin_default, pick_choice
-
         backend = self.spec.model.backends[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # no defaults file yet is the normal first run
@@ -95,8 +99,6 @@ class StudySession:
         return values
 
     def _build_space(self, values: dict[str, list[Any]], num_heads: int):
-        from autotune.space import SearchSpace, SpaceError
-
         try:
             return SearchSpace(values, num_heads, self.context, dhqk=self.dhqk)
         except SpaceError as exc:
@@ -105,7 +107,6 @@ class StudySession:
     def open(self) -> optuna.Study:
         """Open or resume the study, recover its stale trials, load its baseline."""
         from kernels import get_config
-        from autotune.strategies import make_sampler
 
         spec = self.spec
         config = get_config(spec.model.shape)

@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
+from autotune.defaults import builtin_default
 from autotune.names import BACKENDS, KERNEL_KNOBS, KNOBS
+
+# kernels.registry is imported where kernel knobs are checked: it loads torch, which a
+# space of scheduling knobs alone (replay, the strategies) never needs.
 
 # Canonical knob order: trials suggest knobs in this order; configs enumerate in it.
 KNOB_ORDER = ("backend", *KNOBS, *KERNEL_KNOBS)
@@ -258,8 +262,6 @@ def impossible_values(values: Mapping[str, Sequence[int]], num_heads: int,
     The tuner drops such values when it enumerates the space, so without this check a
     typo like T_inner = [3, 5] would tune the baseline's value only, without a word.
     """
-    from autotune.defaults import builtin_default
-
     found: dict[str, tuple[list[int], str]] = _impossible_kernel_values(values, dhqk, contexts)
     heads = _divisors(num_heads)
     bad = [v for v in values["heads_per_band"] if v not in heads]

@@ -16,6 +16,9 @@ from typing import Any
 from autotune.errors import UserError
 from autotune.names import BACKENDS, DTYPES, KERNEL_KNOBS, KNOBS, STRATEGIES  # noqa: F401  (one source, re-exported)
 
+# kernels, schedulers (torch) and autotune.space (Optuna) are imported inside the checks
+# that need them: `best`, `export` and `report` read specs and must start fast.
+
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 PROCESSES = ("warm", "fresh")  # [trials] process: what measures the trials
 DEFAULT_SPACE = {
@@ -354,7 +357,7 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> StudySpec:
 
 
 def _check_shape(shape: str, reader: _Reader) -> None:
-    from kernels.model import SHAPES  # deferred: torch is only needed once a spec is read
+    from kernels.model import SHAPES
 
     if shape not in SHAPES:
         raise reader.fail("shape", f"unknown shape {shape!r}; valid shapes: {', '.join(SHAPES)}")

@@ -36,7 +36,7 @@ from autotune.objective import Baseline, median, recall_violation, score
 from autotune.replay.surface import surface_document
 from autotune.space import SearchSpace, SpaceError
 from autotune.spec import SpecError, parse_spec
-from autotune.store.storage import describe_fingerprint, machine_fingerprint
+from autotune.store.fingerprint import describe_fingerprint, machine_fingerprint
 from autotune.sweep_runs import SweepRuns, refuse_a_failed_baseline
 from autotune.workers import Slot
 
@@ -167,7 +167,6 @@ def sweep(spec, context: int, backends: Sequence[str], *, repeats: int = DEFAULT
     """Measure every valid config `repeats` times and write the surface file; returns its
     path, or None when `stop_after_s` ended the sweep first (the journal keeps its runs)."""
     from kernels import DeviceUnavailableError, get_config, resolve_device
-
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     try:

@@ -10,6 +10,7 @@ shape.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,8 +90,6 @@ class TrialOutcome:
 
 
 def request_json(request: BenchRequest | Mapping[str, Any]) -> str:
-    import json
-
     return request.to_json() if isinstance(request, BenchRequest) else json.dumps(dict(request))
 
 

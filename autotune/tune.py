@@ -29,11 +29,15 @@ from autotune.context_tuner import ContextTuner, TuneOptions
 from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
 from autotune.store.locks import NamedLocks, WriterLock
-from autotune.store.storage import machine_fingerprint, open_storage, parse_storage_url
+from autotune.store.fingerprint import machine_fingerprint
+from autotune.store.storage import open_storage, parse_storage_url
 from autotune.tune_output import ContextResult, say
 from autotune.verdict import publish
 from autotune.store.views import redact_url
 from autotune.workers import gpu_slots
+
+# kernels is imported where the device is resolved: it loads torch, which
+# `autotune tune --help` and a spec error never need.
 
 __all__ = ["ContextTuner", "StopControl", "TuneOptions", "TuneRun", "tune"]
 
@@ -50,7 +54,6 @@ class TuneRun:
 
 
 def _resolve_device(spec: StudySpec):
-    # deferred: kernels loads torch, which `autotune tune --help` and a spec error never need
     from kernels import DeviceUnavailableError, resolve_device
 
     try:

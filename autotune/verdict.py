@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# optuna_dashboard is optional for the tuner: imported where the note is written.
+
 # Study user attr holding the plain-words verdict (the dashboard lists user attrs).
 VERDICT_ATTR = "verdict"
 NO_CONFIRMATION = (

@@ -16,6 +16,9 @@ from typing import Any, Sequence
 
 from autotune.errors import UserError
 
+# torch is imported only where CUDA GPUs are counted: replay and the store's recovery
+# import this module and never need torch.
+
 
 def _pid_namespace() -> str | None:
     try:

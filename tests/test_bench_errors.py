@@ -11,7 +11,7 @@ import torch
 
 import kernels
 import schedulers
-from autotune.bench import EXIT_CODES, NumericalError, run_text
+from autotune.bench import EXIT_CODES, NumericalError, measure, run_text
 from autotune.bench.errors import classify
 from autotune.bench.output import ResultChannel
 
@@ -79,12 +79,12 @@ def test_unavailable_device_is_invalid_config():
 
 def inject(monkeypatch, kernel):
     """Every scheduler the benchmark makes runs `kernel` instead of the mLSTM kernel."""
-    real = schedulers.make_scheduler
+    real = measure.make_scheduler
 
     def make(backend, knobs, **kwargs):
         return real(backend, knobs, **{**kwargs, "kernel": kernel})
 
-    monkeypatch.setattr(schedulers, "make_scheduler", make)
+    monkeypatch.setattr(measure, "make_scheduler", make)
 
 
 def fail_with(exc):

@@ -342,7 +342,7 @@ def fake_sweep(tmp_path):
 def this_machine() -> dict[str, str]:
     import torch
 
-    from autotune.store.storage import machine_fingerprint
+    from autotune.store.fingerprint import machine_fingerprint
 
     return machine_fingerprint(torch.device("cpu"))
 

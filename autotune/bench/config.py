@@ -21,6 +21,9 @@ from autotune.bench.errors import InvalidConfig
 from autotune.names import BACKENDS, DTYPES, KNOBS
 from autotune.spec import ModelSpec, WorkloadSpec
 
+# kernels and schedulers (torch) are imported inside the checks that need them: the tuner
+# builds requests from this module and must not load torch for it.
+
 _DEVICE_RE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 
 DEFAULT_CHUNK_SIZE = 64

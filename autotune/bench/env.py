@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import platform
 import subprocess
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
+
+import autotune
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("xlstm-autotune")
     except Exception:
-        import autotune
-
         return autotune.__version__
 
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 
+# torch and kernels are imported inside the checks: the tuner imports this module (the
+# kinds, the exit codes) and must not load torch for it.
+
 INVALID_CONFIG = "invalid_config"
 TIMEOUT = "timeout"
 OOM = "oom"

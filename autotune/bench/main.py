@@ -9,6 +9,7 @@ without touching file descriptors or arming the watchdog, for in-process callers
 from __future__ import annotations
 
 import faulthandler
+import gc
 import logging
 import os
 import sys
@@ -22,6 +23,9 @@ from autotune.bench.config import BenchRequest
 from autotune.bench.errors import EXIT_CODES, TIMEOUT, InvalidConfig, classify
 from autotune.bench.output import ResultChannel
 from autotune.bench.result import SCHEMA_VERSION
+
+# measure, env and kernels are imported where they are used: they load torch, which the
+# tuner (it imports this module for its names) and `autotune bench --help` never need.
 
 WORKER_ARG = "--worker"
 END_OF_REQUEST = "bench worker: end of request"  # a warm worker's stderr line before each result
@@ -200,8 +204,6 @@ def serve(channel: ResultChannel) -> int:
     vouches only for a process in which nothing has gone wrong: after an error result
     it exits (a CUDA error can poison the context, an OOM leaves fragments, a timeout a
     stuck thread) and the tuner starts a fresh one. End of stdin ends it."""
-    import gc
-
     from autotune.bench.measure import WarmCache
 
     cache = WarmCache()

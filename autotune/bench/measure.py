@@ -37,6 +37,11 @@ from autotune.bench.recall import MIN_CONTEXT, measure_recall, recall_data, reca
 from autotune.bench.memory import PeakMemory
 from autotune.bench.stats import summary
 from autotune.names import torch_dtype
+from kernels import XLSTM, resolve_device, synchronize
+from kernels.fastpath import FastModel
+from kernels.model import get_config
+from schedulers import Knobs, PlanError, make_plan, make_scheduler
+from schedulers.graphs import make_decoder
 
 log = logging.getLogger("autotune.bench")
 
@@ -54,8 +59,6 @@ class _Clock:
     """Wall time of device work: synchronises before reading the clock."""
 
     def __init__(self, device: torch.device):
-        from kernels import synchronize
-
         self._sync = synchronize
         self.device = device
 
@@ -127,12 +130,8 @@ def _paths(model, scheduler, config: BenchRequest, device: torch.device, cache: 
     the eager decoder, since its bands live in actors. Elsewhere the plain model and the
     eager decoder, both through the scheduler.
     """
-    from schedulers.graphs import make_decoder
-
     fast = None
     if device.type == "cuda":
-        from kernels.fastpath import FastModel
-
         fast = cache.get(("fast", id(model)), lambda: FastModel(model))
         fast.declare()  # its op set on this request's record, also when a warm worker kept it
     decoder = make_decoder(model, scheduler, batch=config.batch, fast=fast,
@@ -171,10 +170,6 @@ def measure(config: BenchRequest, progress, cache: NoCache | None = None) -> dic
 
 
 def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache: NoCache) -> dict:
-    from kernels import XLSTM, resolve_device
-    from kernels.model import get_config
-    from schedulers import Knobs, make_scheduler
-
     timings = progress.timings
     t_start = time.perf_counter()
     progress.phase = "setup"
@@ -317,8 +312,6 @@ def _measure(config: BenchRequest, progress, stack: contextlib.ExitStack, cache:
 def _reference_outputs(model, reference, prompt, first, device, dtype):
     """The sequential reference's logits at the prompt's last position and after the
     first token."""
-    from schedulers import make_scheduler
-
     runner = model.cell_runner
     with make_scheduler("sequential", reference, device=device, dtype=dtype) as ref:
         model.cell_runner = ref
@@ -331,9 +324,6 @@ def _reference_outputs(model, reference, prompt, first, device, dtype):
 
 
 def _recall(config: BenchRequest, device, knobs, scheduler, dtype, cache: NoCache) -> dict:
-    from kernels.model import get_config
-    from schedulers import PlanError, make_plan, make_scheduler
-
     none = {"recall": None, "mqar_pairs": None, "mqar_queries": None}
     if config.context < MIN_CONTEXT:
         log.warning("recall not measured: context %d < %d tokens", config.context, MIN_CONTEXT)

@@ -22,6 +22,10 @@ from autotune.replay.surface import (
     surface_from_dict,
     surface_from_kernel_tuner,
 )
+from autotune.replay.synthetic import kernel_surface, xlstm_surface
+
+# autotune.sweep is imported where a sweep's journal is read: it imports this package
+# (through autotune.replay.surface), so at the top the two would import each other.
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -77,8 +81,6 @@ def read_text(path: Path) -> str:
 
 
 def _synthetic(spec: str) -> Surface:
-    from autotune.replay.synthetic import kernel_surface, xlstm_surface
-
     parts = spec.split(":")
     makers = {"xlstm": xlstm_surface, "kernel": kernel_surface}
     if len(parts) != 3 or parts[1] not in makers or not parts[2].isdigit():

@@ -37,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,6 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from autotune.replay.surface import Surface
+
+# Kernel Tuner is an optional extra: imported where used, so replay runs without it.
 
 KT_PREFIX = "kt:"
 KT_EXTRA_HINT = "pip install 'xlstm-autotune[peers]'"
@@ -105,9 +109,6 @@ def cache_document(surface: Surface, seed: int) -> dict:
 def time_limit(seconds: float, stop: type[BaseException]) -> Iterator[None]:
     """Raise `stop` inside the block after `seconds` (main thread: SIGALRM; elsewhere no limit).
     Kernel Tuner's strategies catch their StopCriterionReached and return what they ran."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return

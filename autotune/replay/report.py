@@ -27,6 +27,9 @@ from autotune.replay.runner import Comparison
 from autotune.replay.scoring import evaluations_to_within, extend, p_score, reach_fractions
 from autotune.replay.stats import mean_se, versus_best
 
+# plotly is imported where the HTML page is drawn: the replay package imports this module
+# for its tables, and plotly takes a second to load.
+
 SCHEMA_VERSION = 1
 
 

@@ -36,6 +36,8 @@ from autotune.strategies import STRATEGY_NAMES, make_sampler
 from autotune.warm_start import seed_study
 from autotune.workers import Slot
 
+# torch is imported only to give Optuna's GP sampler one thread: replay itself never needs it.
+
 OPTUNA_SAMPLERS = ("tpe", "gp", "nsga2")
 ALL_STRATEGIES = (*STRATEGY_NAMES, *OPTUNA_SAMPLERS)
 # Optuna's GP costs 100-170 ms a proposal: a default replay of a large surface leaves it out

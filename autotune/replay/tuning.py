@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from autotune.replay.baseline import budget_for, random_curve
-from autotune.replay.runner import replay_run
+from autotune.replay.runner import _quiet_optuna, replay_run
 from autotune.replay.scoring import extend, p_score
 from autotune.replay.surface import Surface
+from autotune.replay.synthetic import kernel_surface, xlstm_surface
 
 TRAIN_SEEDS = (0, 1, 2, 3)
 HELD_OUT_SEEDS = (100, 101, 102, 103)
@@ -59,8 +60,6 @@ MEMBERS = ("genetic", "bandit", "boltzmann", "regression")
 
 
 def training_surfaces(kind: str = "train") -> list[Surface]:
-    from autotune.replay.synthetic import kernel_surface, xlstm_surface
-
     if kind == "small":
         return [xlstm_surface(s, num_heads=4, repeats=2, values=SMALL_VALUES) for s in TRAIN_SEEDS]
     if kind == "cuda":
@@ -129,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=None,
                         help='score named variants instead of searching: JSON {"name": [strategy, options]}')
     args = parser.parse_args(argv)
-    from autotune.replay.runner import _quiet_optuna
-
     _quiet_optuna(torch_threads=False)
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731

@@ -19,6 +19,7 @@ serialised.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -47,8 +48,6 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> "WriterLock":
-        import fcntl
-
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

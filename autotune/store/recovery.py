@@ -10,6 +10,8 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from autotune.workers import is_gone
+
 # A RUNNING trial whose heartbeat is older than this is stale on a shared (non-SQLite)
 # store; trials send a heartbeat every HEARTBEAT_S while their benchmark runs.
 HEARTBEAT_S = 30.0
@@ -25,8 +27,6 @@ def is_stale(trial: optuna.trial.FrozenTrial, *, single_writer: bool, now: float
         return False
     if single_writer:
         return True
-    from autotune.workers import is_gone
-
     if is_gone(trial.user_attrs.get("worker")):
         return True
     beat = trial.user_attrs.get("heartbeat")

@@ -11,9 +11,14 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import (ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError,
+                            SQLAlchemyError)
 
 from autotune.errors import UserError
 from autotune.errors import missing_driver
+from autotune.store.fingerprint import describe_fingerprint
 from autotune.store.layout import family, next_name
 
 METRIC_NAME = "score"  # the objective's name in Optuna (and so in the dashboard)
@@ -42,9 +47,6 @@ def parse_storage_url(url: str, *, base_dir: Path | None = None) -> StorageURL:
     """Validate a SQLAlchemy URL; a relative SQLite path is taken from `base_dir`
     (default: the working directory). A missing folder is an error, never created: it
     is more often a typo than a wish."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -77,8 +79,6 @@ def parse_storage_url(url: str, *, base_dir: Path | None = None) -> StorageURL:
 
 def open_storage(location: StorageURL) -> RDBStorage:
     """Open (creating tables if needed) the Optuna RDB storage; errors name the fix."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     engine_kwargs: dict[str, Any] = {}
     if location.is_sqlite:
         # Readers (best/report/dashboard) may hold the file briefly; wait, do not fail.
@@ -94,8 +94,6 @@ def open_storage(location: StorageURL) -> RDBStorage:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise StoreError(f"cannot open the store {_display(location)}: {detail}") from None
     except ImportError as exc:  # the driver is imported only when the engine is made
-        from sqlalchemy.engine import make_url
-
         module = getattr(exc.__cause__, "name", None) or exc.name
         raise StoreError(missing_driver(_display(location), make_url(location.url).get_backend_name(), module)) from None
     except RuntimeError as exc:  # Optuna's schema version check
@@ -109,8 +107,6 @@ def _create_rdb_storage(location: StorageURL, engine_kwargs: dict[str, Any]) -> 
     """RDBStorage, which creates Optuna's tables in a new database. Workers started
     together on a fresh server database race to create them; the losers get an
     integrity or 'already exists' error and find the tables complete a moment later."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     attempts = 1 if location.is_sqlite else SCHEMA_RACE_ATTEMPTS
     for attempt in range(attempts):
         try:
@@ -127,8 +123,6 @@ def _use_write_ahead_log(storage: RDBStorage) -> None:
     tuner commits each user attr separately; with a rollback journal that alone took
     longer than a small trial). The file stays consistent after a crash or kill -9;
     only a power cut may lose the last commits, which resume then measures again."""
-    from sqlalchemy import event
-
     def on_connect(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -142,24 +136,7 @@ def _use_write_ahead_log(storage: RDBStorage) -> None:
 def _display(location: StorageURL) -> str:
     if location.sqlite_path is not None:
         return str(location.sqlite_path)
-    from sqlalchemy.engine import make_url
-
     return make_url(location.url).render_as_string(hide_password=True)
-
-
-# ------------------------------------------------------------------ fingerprint
-def machine_fingerprint(device) -> dict[str, str]:
-    """What a measurement depends on beyond the config; the benchmark's env block
-    reports the same fields from the same functions."""
-    import torch
-
-    from autotune.bench.env import device_name, project_version
-
-    return {"device_name": device_name(device), "torch": torch.__version__, "project_version": project_version()}
-
-
-def describe_fingerprint(fp: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {fp.get(k)!s}" for k in ("device_name", "torch", "project_version"))
 
 
 # -------------------------------------------------------------------- studies

@@ -16,11 +16,12 @@ from autotune.objective import median
 from autotune.spec import DEFAULT_STORAGE, load_spec
 from autotune.store.layout import StudyKey, parse_study_name
 
+# Optuna and SQLAlchemy are imported where they are used: they take a second to load, and
+# the commands that import this module check their arguments first.
+
 
 def open_storage(url: str):
     """An Optuna RDB storage for `url`; a missing SQLite file is an error, not a new store."""
-    # deferred, as in redact_url: Optuna and SQLAlchemy take a second to load, and the
-    # commands that import this module check their arguments first
     import optuna
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
