@@ -36,6 +36,11 @@ def test_each_family_gets_the_variant_chosen_on_the_others(tmp_path, capsys):
     assert record["held_out"]["x"]["chosen"] == max(means["y"], key=means["y"].get)
     assert record["held_out"]["y"]["chosen"] == max(means["x"], key=means["x"].get)
     assert "Held out: x" in printed and "regression" in printed
+    # a label left out of the parts takes no part in the choice and is not printed
+    main(["report", str(a), str(b), str(c), "--exclude", "portfolio[bandit-only],regression", "--out", str(choice)])
+    printed = capsys.readouterr().out
+    assert {c["chosen"] for c in json.loads(choice.read_text())["held_out"].values()} == {"portfolio[boltzmann-only]"}
+    assert "bandit-only" not in printed and "regression" not in printed
 
 
 def test_a_variant_may_set_the_members_own_options():

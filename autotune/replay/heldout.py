@@ -106,6 +106,12 @@ def replay_families(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """`report`: merge the parts, choose a variant per held-out family, print the tables."""
     parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
+    excluded = {label for label in args.exclude.split(",") if label}
+    for part in parts:
+        part["runs"] = [r for r in part["runs"] if r not in excluded]
+        for summary in part["summaries"].values():
+            summary["strategies"] = {k: v for k, v in summary["strategies"].items() if k not in excluded}
+            attach_paired(summary)  # the best and the ties among what is left
     names: dict[str, list[str]] = {}
     summaries: dict[str, Any] = {}
     for part in parts:  # parts may split a surface's labels: their strategies merge
@@ -153,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="leave-one-family-out tables from the parts `run` wrote")
     rep.add_argument("parts", nargs="+")
     rep.add_argument("--out", default=None, help="JSON file of the choices")
+    rep.add_argument("--exclude", default="",
+                     help="labels to leave out of every part (e.g. a variant measured before a change)")
     args = parser.parse_args(argv)
     _quiet_optuna(torch_threads=False)
     return replay_families(args) if args.command == "run" else report(args)
