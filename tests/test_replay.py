@@ -330,12 +330,13 @@ def quick_spec(tmp_path):
     return parse_spec(doc, str(tmp_path / "spec.toml"))
 
 
-def fake_sweep(tmp_path):
-    """The quick spec, the surface path and the fake benchmark's command."""
+def fake_sweep(tmp_path, pause_s: float = 0.0):
+    """The quick spec, the surface path and the fake benchmark's command (each run takes
+    at least `pause_s`: the deadline tests must not depend on how fast a process starts)."""
     import sys
 
     fake = tmp_path / "fake_bench.py"
-    fake.write_text(FAKE_BENCH)
+    fake.write_text(f"import time\ntime.sleep({pause_s})\n" + FAKE_BENCH)
     return quick_spec(tmp_path), tmp_path / "surf.json", (sys.executable, str(fake))
 
 
@@ -465,7 +466,7 @@ def test_a_sweep_in_progress_replays_on_the_configs_it_has_measured(tmp_path):
     from autotune.errors import UserError
     from autotune.sweep import Journal, journal_header, sweep, sweep_space
 
-    spec, out, cmd = fake_sweep(tmp_path)
+    spec, out, cmd = fake_sweep(tmp_path, pause_s=0.1)
     assert sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=5.15, bench_command=cmd,
                  log=lambda _: None) is None
     done = len(bench_calls(tmp_path))
@@ -496,7 +497,7 @@ def test_sweep_stops_before_a_run_that_could_pass_its_deadline_and_then_resumes(
     from autotune.errors import UserError
     from autotune.sweep import sweep
 
-    spec, out, cmd = fake_sweep(tmp_path)
+    spec, out, cmd = fake_sweep(tmp_path, pause_s=0.1)
     with pytest.raises(UserError, match="no time for one run"):
         sweep(spec, 32, ("queued",), repeats=1, out=out, timeout_s=5.0, stop_after_s=4.0, bench_command=cmd,
               log=lambda _: None)
