@@ -124,12 +124,10 @@ def test_a_second_tuner_is_refused_before_the_heavy_imports(tmp_path):
 
 
 def test_a_tune_names_its_store_first_and_ends_with_what_to_run_next(tmp_path, capsys):
-    fake = tmp_path / "fake_bench.py"
-    fake.write_text(FAKE_BENCH)
     spec = load_spec(_write_spec(tmp_path))
     store = tmp_path / "t.db"
     options = TuneOptions(storage=f"sqlite:///{store}", n_trials=4, timeout_s=None, seed=1,
-                          bench_command=(sys.executable, str(fake)))
+                          bench_command=(sys.executable, str(FAKE_BENCH)))
     assert tune_and_report(spec, options) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == f"store: sqlite:///{store}"
