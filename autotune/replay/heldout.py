@@ -107,7 +107,7 @@ def report(args: argparse.Namespace) -> int:
     """`report`: merge the parts, choose a variant per held-out family, print the tables."""
     parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
     excluded = {label for label in args.exclude.split(",") if label}
-    for part in parts:
+    for part in parts if excluded else ():
         part["runs"] = [r for r in part["runs"] if r not in excluded]
         for summary in part["summaries"].values():
             summary["strategies"] = {k: v for k, v in summary["strategies"].items() if k not in excluded}
