@@ -49,3 +49,17 @@ def test_a_variant_may_set_the_members_own_options():
     full = {"portfolio": plain, "parzen": {"startup": 3}}
     portfolio = make_strategy("portfolio", xlstm_surface(1).space, seed=0, options=variant_options(full))
     assert portfolio.members["parzen"].startup == 3
+
+
+def test_seeds_replayed_in_processes_give_the_same_scores(tmp_path):
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"wide": {"members": ["boltzmann", "bandit", "parzen"], "warmup": 2}}))
+    scores = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}.json"
+        main(["run", "--family", f"x={SURFACES / 'cpu-tiny-queued-L512.json'}", "--variants", str(variants),
+              "--references", "random,tpe", "--seeds", "4", "--jobs", jobs, "--out", str(out)])
+        strategies = json.loads(out.read_text())["summaries"]["cpu-tiny-queued-L512"]["strategies"]
+        scores.append({label: s["p_score"]["per_seed"] for label, s in strategies.items()})
+    assert scores[0] == scores[1]
+    assert set(scores[0]) == {"portfolio[wide]", "random", "tpe"} and len(scores[0]["tpe"]) == 4

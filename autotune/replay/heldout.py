@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +40,39 @@ from autotune.replay.surface import Surface
 
 
 def replay_surface(surface: Surface, runs: Mapping[str, tuple[str, dict | None]], seeds: Sequence[int],
-                   log=lambda line: None, done=lambda summary: None) -> dict[str, Any]:
+                   log=lambda line: None, done=lambda summary: None, jobs: int = 1) -> dict[str, Any]:
     """The summary (autotune.replay.report) of each labelled (strategy, options) on the
-    surface, every run stopping at the budget; `done` gets the summary so far after each label."""
+    surface, every run stopping at the budget; `done` gets the summary so far after each label.
+    With jobs > 1 the seeds run in that many processes; a run depends only on its seed, so
+    the traces are the same."""
     values = surface.filled_values()
     budget, cutoff = budget_for(values, surface.maximize)
     comp = Comparison(surface, budget, cutoff, budget, random_curve(values, budget, surface.maximize), {},
                       list(seeds))
-    for label, (strategy, options) in runs.items():
-        started = time.monotonic()
-        comp.traces[label] = [replay_run(surface, strategy, seed, budget, options=options) for seed in seeds]
-        log(f"{surface.name}: {label} {time.monotonic() - started:.0f} s")
-        done(summarise(comp))
+    with _seed_pool(surface, jobs) as pool:
+        for label, (strategy, options) in runs.items():
+            started = time.monotonic()
+            run = partial(_replay_seed, strategy, budget, options)
+            comp.traces[label] = list(pool.map(run, seeds)) if pool else [run(seed, surface) for seed in seeds]
+            log(f"{surface.name}: {label} {time.monotonic() - started:.0f} s")
+            done(summarise(comp))
     return summarise(comp)
+
+
+_FORKED_SURFACE: Surface | None = None  # the surface a forked seed worker replays on
+
+
+def _seed_pool(surface: Surface, jobs: int):
+    """Processes forked with the surface already in memory (None for jobs <= 1: run in this one)."""
+    global _FORKED_SURFACE
+    if jobs <= 1:
+        return nullcontext()
+    _FORKED_SURFACE = surface
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"))
+
+
+def _replay_seed(strategy: str, budget: int, options: dict | None, seed: int, surface: Surface | None = None):
+    return replay_run(surface or _FORKED_SURFACE, strategy, seed, budget, options=options)
 
 
 def family_means(summaries: Mapping[str, Mapping[str, Any]], families: Mapping[str, Sequence[str]],
@@ -99,7 +123,8 @@ def replay_families(args: argparse.Namespace) -> int:
         for path in paths:
             surface = load_surface(path)
             names.setdefault(family, []).append(surface.name)
-            replay_surface(surface, runs, range(args.seeds), log, done=lambda s, n=surface.name: write(n, s))
+            replay_surface(surface, runs, range(args.seeds), log, done=lambda s, n=surface.name: write(n, s),
+                           jobs=args.jobs)
     return 0
 
 
@@ -155,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--references", default="random,bandit,boltzmann,regression,genetic,tpe",
                      help="strategies replayed beside the variants (kt:NAME for Kernel Tuner's)")
     run.add_argument("--seeds", type=int, default=50)
+    run.add_argument("--jobs", type=int, default=1, help="processes replaying seeds side by side (same results)")
     run.add_argument("--out", required=True, help="JSON file of the summaries")
     rep = sub.add_parser("report", help="leave-one-family-out tables from the parts `run` wrote")
     rep.add_argument("parts", nargs="+")
