@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from autotune.replay.heldout import main, variant_options
 from autotune.replay.synthetic import xlstm_surface
 from autotune.strategies import make_strategy
@@ -63,3 +65,14 @@ def test_seeds_replayed_in_processes_give_the_same_scores(tmp_path):
         scores.append({label: s["p_score"]["per_seed"] for label, s in strategies.items()})
     assert scores[0] == scores[1]
     assert set(scores[0]) == {"portfolio[wide]", "random", "tpe"} and len(scores[0]["tpe"]) == 4
+
+
+def test_an_unknown_reference_is_one_error_before_any_replay(tmp_path, capsys):
+    variants = tmp_path / "variants.json"
+    variants.write_text("{}")
+    out = tmp_path / "part.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--family", f"x={SURFACES / 'cpu-tiny-queued-L128.json'}", "--variants", str(variants),
+              "--references", "tpe,annealing", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "unknown strategy annealing" in capsys.readouterr().err and not out.exists()

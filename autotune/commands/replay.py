@@ -9,9 +9,9 @@ import time
 
 from autotune.errors import UserError
 from autotune.replay.loading import load_surface
-from autotune.replay.peers import KT_EXTRA_HINT, PeerUnavailable, is_peer, kt_strategies, require_kernel_tuner
+from autotune.replay.peers import KT_EXTRA_HINT
 from autotune.replay.report import summarise, table, write_html, write_json
-from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES, run_comparison
+from autotune.replay.runner import ALL_STRATEGIES, DEFAULT_STRATEGIES, parse_strategies, run_comparison
 from autotune.replay.surface import SurfaceError
 
 DEFAULT_SEEDS = 25
@@ -37,26 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", default=None, help="write the JSON summary here")
     parser.add_argument("--html", dest="html_out", default=None, help="write the HTML report here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-
-
-def parse_strategies(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    peers = [n for n in names if is_peer(n)]
-    if peers:
-        try:
-            require_kernel_tuner()
-        except PeerUnavailable as exc:
-            raise UserError(f"{', '.join(peers)}: {exc}") from None
-        unknown_peers = [n for n in peers if n.removeprefix("kt:") not in kt_strategies()]
-        if unknown_peers:
-            raise UserError(f"unknown Kernel Tuner strategy {', '.join(unknown_peers)}; "
-                            f"Kernel Tuner has kt:{', kt:'.join(kt_strategies())}")
-    unknown = [n for n in names if n not in ALL_STRATEGIES and not is_peer(n)]
-    if unknown or not names:
-        raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; "
-                        f"--strategies takes a comma-separated list of {', '.join(ALL_STRATEGIES)} "
-                        "and kt:NAME (Kernel Tuner's strategies)")
-    return list(dict.fromkeys(names))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from autotune.errors import UserError
 from autotune.replay.baseline import budget_for, random_curve
 from autotune.replay.loading import load_surface
 from autotune.replay.report import attach_paired, comparison_markdown, summarise
-from autotune.replay.runner import Comparison, _quiet_optuna, replay_run
+from autotune.replay.runner import Comparison, _quiet_optuna, parse_strategies, replay_run
 from autotune.replay.surface import Surface
 
 
@@ -107,7 +108,8 @@ def replay_families(args: argparse.Namespace) -> int:
         families[name] = [p for p in paths.split(",") if p]
     variants = json.loads(Path(args.variants).read_text(encoding="utf-8"))
     runs = {f"portfolio[{v}]": ("portfolio", variant_options(opts)) for v, opts in variants.items()}
-    runs.update({r: (r, None) for r in args.references.split(",") if r})
+    references = parse_strategies(args.references, "--references") if args.references.strip() else []
+    runs.update({r: (r, None) for r in references})
     started = time.monotonic()
     log = lambda line: print(f"[{time.monotonic() - started:6.0f} s] {line}", file=sys.stderr, flush=True)  # noqa: E731
     summaries: dict[str, Any] = {}
@@ -189,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="labels to leave out of every part (e.g. a variant measured before a change)")
     args = parser.parse_args(argv)
     _quiet_optuna(torch_threads=False)
-    return replay_families(args) if args.command == "run" else report(args)
+    try:
+        return replay_families(args) if args.command == "run" else report(args)
+    except UserError as exc:
+        parser.error(str(exc))
 
 
 def _only(summary: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import optuna
 from autotune.evaluators.surface import SurfaceDraws
 from autotune.loop import SearchLoop
 from autotune.replay.baseline import budget_for, random_curve
-from autotune.replay.peers import is_peer, kt_first_visits
+from autotune.errors import UserError
+from autotune.replay.peers import PeerUnavailable, is_peer, kt_first_visits, kt_strategies, require_kernel_tuner
 from autotune.replay.scoring import REACH_AT
 from autotune.replay.search import ReplaySearch
 from autotune.replay.surface import Surface
@@ -57,6 +58,27 @@ def build_sampler(name: str, surface: Surface, seed: int,
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(ALL_STRATEGIES)}")
+
+
+def parse_strategies(text: str, option: str = "--strategies") -> list[str]:
+    """The strategy names of a comma-separated list, each checked (one UserError names every bad one)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    peers = [n for n in names if is_peer(n)]
+    if peers:
+        try:
+            require_kernel_tuner()
+        except PeerUnavailable as exc:
+            raise UserError(f"{', '.join(peers)}: {exc}") from None
+        unknown_peers = [n for n in peers if n.removeprefix("kt:") not in kt_strategies()]
+        if unknown_peers:
+            raise UserError(f"unknown Kernel Tuner strategy {', '.join(unknown_peers)}; "
+                            f"Kernel Tuner has kt:{', kt:'.join(kt_strategies())}")
+    unknown = [n for n in names if n not in ALL_STRATEGIES and not is_peer(n)]
+    if unknown or not names:
+        raise UserError(f"unknown strategy {', '.join(unknown) or '(none given)'}; "
+                        f"{option} takes a comma-separated list of {', '.join(ALL_STRATEGIES)} "
+                        "and kt:NAME (Kernel Tuner's strategies)")
+    return list(dict.fromkeys(names))
 
 
 @dataclass

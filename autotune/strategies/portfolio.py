@@ -154,7 +154,8 @@ class PortfolioStrategy(Strategy):
     def choose(self, history: History) -> str:
         if len(history.observed) < self.warmup:
             return self.warmup_member
-        if self.lead is not None and history.since_improvement() < self.patience:
+        if (self.lead is not None and history.since_improvement() < self.patience
+                and self.members[self.lead].ready(history)):
             return self.lead
         # a member whose model lacks data (Parzen before its start-up) waits its turn
         scores = {name: s for name, s in self.scores(history).items() if self.members[name].ready(history)}
