@@ -76,3 +76,21 @@ def test_an_unknown_reference_is_one_error_before_any_replay(tmp_path, capsys):
               "--references", "tpe,annealing", "--out", str(out)])
     assert exit_info.value.code == 2
     assert "unknown strategy annealing" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_label_that_ran_fewer_seeds_says_so_in_the_merged_table(tmp_path, capsys):
+    variants = tmp_path / "variants.json"
+    variants.write_text(json.dumps({"bandit-only": {"members": ["bandit"], "warmup": 1}}))
+    none = tmp_path / "none.json"
+    none.write_text("{}")
+    parts = []
+    for fam, surface in (("x", "cpu-tiny-queued-L128"), ("y", "cpu-tiny-queued-L512")):
+        for seeds, refs, var in (("3", "random", none), ("5", "", variants)):
+            parts.append(tmp_path / f"{fam}{seeds}.json")
+            main(["run", "--family", f"{fam}={SURFACES / (surface + '.json')}", "--variants", str(var),
+                  "--references", refs, "--seeds", seeds, "--out", str(parts[-1])])
+    capsys.readouterr()
+    main(["report", *map(str, parts)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu-tiny-queued-L128")]
+    assert rows and all("| 5 |" in row and "(3 seeds)" in row for row in rows)
+    assert all(row.count("seeds)") == 1 for row in rows)  # the variant ran every seed of the row

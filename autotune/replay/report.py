@@ -222,7 +222,8 @@ def write_html(summary: dict[str, Any], path: str | Path) -> None:
 def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None = None) -> str:
     """One markdown table over several surfaces: mean P-score ± standard error per
     strategy; the best and those tied with it (paired difference under 2 standard
-    errors) in bold."""
+    errors) in bold. The seeds column is the most any strategy of the row ran; a strategy
+    that ran fewer says how many (its paired verdict uses the seeds both ran)."""
     names = order or sorted({n for s in summaries for n in s["strategies"]})
     head = "| surface | configs | budget | seeds | " + " | ".join(names) + " |"
     lines = [head, "|" + " --- |" * (4 + len(names))]
@@ -230,6 +231,7 @@ def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None
         means = {n: s["strategies"][n]["p_score"]["mean"] for n in names if n in s["strategies"]}
         best = max((m for m in means.values() if m is not None), default=None)
         cells = []
+        row_seeds = max([_seeds_ran(s, n) for n in means] or [s["seeds"]])
         for n in names:
             if n not in s["strategies"] or means[n] is None:
                 cells.append("")
@@ -238,7 +240,13 @@ def comparison_markdown(summaries: list[dict[str, Any]], order: list[str] | None
             se = ps["se"] if ps.get("se") is not None else (ps["std"] or 0.0) / math.sqrt(max(1, s["seeds"]))
             text = f"{ps['mean']:.2f} ± {se:.2f}"
             tied = ps["vs_best"]["tie"] if "vs_best" in ps else means[n] == best
-            cells.append(f"**{text}**" if tied else text)
+            ran = _seeds_ran(s, n)
+            cells.append((f"**{text}**" if tied else text) + (f" ({ran} seeds)" if ran < row_seeds else ""))
         surf = s["surface"]
-        lines.append(f"| {surf['name']} | {surf['configs']} | {s['budget']} | {s['seeds']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {surf['name']} | {surf['configs']} | {s['budget']} | {row_seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _seeds_ran(summary: dict[str, Any], name: str) -> int:
+    per_seed = summary["strategies"][name]["p_score"].get("per_seed")
+    return len(per_seed) if per_seed is not None else summary["seeds"]
