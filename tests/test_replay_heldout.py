@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autotune.replay.heldout import main, variant_options
+from autotune.replay.heldout import main, targets_markdown, variant_options
 from autotune.replay.synthetic import xlstm_surface
 from autotune.strategies import make_strategy
 
@@ -91,6 +91,20 @@ def test_a_label_that_ran_fewer_seeds_says_so_in_the_merged_table(tmp_path, caps
                   "--references", refs, "--seeds", seeds, "--out", str(parts[-1])])
     capsys.readouterr()
     main(["report", *map(str, parts)])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu-tiny-queued-L128")]
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu-tiny-queued-L128 | 18 |")]
     assert rows and all("| 5 |" in row and "(3 seeds)" in row for row in rows)
     assert all(row.count("seeds)") == 1 for row in rows)  # the variant ran every seed of the row
+
+
+def test_the_targets_table_checks_the_gap_to_each_best_and_the_floor():
+    def summary(means):
+        return {"strategies": {k: {"p_score": {"mean": m, "se": 0.01}} for k, m in means.items()}}
+
+    summaries = {"a": summary({"portfolio[v]": 0.50, "parzen": 0.63, "random": 0.0, "kt:pso": 0.30}),
+                 "b": summary({"portfolio[v]": 0.20, "parzen": 0.25, "kt:pso": 0.35})}
+    table = targets_markdown(summaries, {"f": ["a", "b"]}, {"f": {"chosen": "portfolio[v]"}},
+                             ["parzen", "random", "kt:pso"])
+    row_a, row_b = table.splitlines()[2:]
+    assert "parzen 0.63 ± 0.01" in row_a and "kt:pso 0.30 ± 0.01" in row_a
+    assert row_a.endswith("| no (-0.130) | yes (+0.200) | yes |")
+    assert row_b.endswith("| yes (-0.050) | no (-0.150) | n/a (none reaches 0.4) |")

@@ -35,6 +35,7 @@ import numpy as np
 from autotune.errors import UserError
 from autotune.replay.baseline import budget_for, random_curve
 from autotune.replay.loading import load_surface
+from autotune.replay.peers import is_peer
 from autotune.replay.report import attach_paired, comparison_markdown, summarise
 from autotune.replay.runner import Comparison, _quiet_optuna, parse_strategies, replay_run
 from autotune.replay.surface import Surface
@@ -162,6 +163,8 @@ def report(args: argparse.Namespace) -> int:
         print(f"\n### Held out: {family} (the variant chosen on the other families: {c['chosen']})\n")
         order = [c["chosen"], *references]
         print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
+    print("\n### Against the targets\n")
+    print(targets_markdown(summaries, names, choice, references))
     everywhere = {v: family_means(summaries, names, v) for v in variants}
     print("\n### Every variant on every surface (training means over all families: "
           + ", ".join(f"{v} {m:.3f}" for v, m in everywhere.items()) + ")\n")
@@ -170,6 +173,41 @@ def report(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps({"held_out": choice, "all_families": everywhere}, indent=1) + "\n",
                                   encoding="utf-8")
     return 0
+
+
+TARGET_GAP = 0.1  # the held-out portfolio's mean within this of the best strategy's
+FLOOR, FLOOR_WHERE = 0.3, 0.4  # never below FLOOR where any strategy reaches FLOOR_WHERE
+
+
+def targets_markdown(summaries, families, choice, references: Sequence[str]) -> str:
+    """Per surface: the held-out portfolio's mean against the best of replay's own strategies
+    and of Kernel Tuner's, and whether it is within TARGET_GAP of each (or above) and above
+    FLOOR where any strategy reaches FLOOR_WHERE."""
+    lines = ["| surface | family | held-out portfolio | best of replay's set | best Kernel Tuner strategy "
+             f"| within {TARGET_GAP} of replay's best | within {TARGET_GAP} of (or above) KT's best "
+             f"| >= {FLOOR} where any >= {FLOOR_WHERE} |", "|" + " --- |" * 8]
+    for family, surfaces in families.items():
+        chosen = choice[family]["chosen"]
+        for name in surfaces:
+            strategies = summaries[name]["strategies"]
+            mean = {label: strategies[label]["p_score"]["mean"] for label in (chosen, *references) if label in strategies}
+            ours = mean[chosen]
+            cells = [f"{chosen} {_pm(strategies[chosen])}"]
+            verdicts = []
+            for peers in ([r for r in mean if r in references and not is_peer(r)], [r for r in mean if is_peer(r)]):
+                best = max(peers, key=mean.get, default=None)
+                cells.append(f"{best} {_pm(strategies[best])}" if best else "")
+                gap = ours - mean[best] if best else None
+                verdicts.append("" if gap is None else f"{'yes' if gap >= -TARGET_GAP else 'no'} ({gap:+.3f})")
+            top = max(mean.values())
+            floor = "n/a (none reaches {})".format(FLOOR_WHERE) if top < FLOOR_WHERE else ("yes" if ours >= FLOOR else "no")
+            lines.append(f"| {name} | {family} | " + " | ".join([*cells, *verdicts, floor]) + " |")
+    return "\n".join(lines)
+
+
+def _pm(strategy: dict[str, Any]) -> str:
+    p = strategy["p_score"]
+    return f"{p['mean']:.2f} ± {p['se']:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
