@@ -168,7 +168,8 @@ def report(args: argparse.Namespace) -> int:
     everywhere = {v: family_means(summaries, names, v) for v in variants}
     print("\n### Every variant on every surface (training means over all families: "
           + ", ".join(f"{v} {m:.3f}" for v, m in everywhere.items()) + ")\n")
-    print(comparison_markdown([summaries[s] for f in names for s in names[f]], labels))
+    portfolios = [label for label in labels if label.startswith("portfolio[")]
+    print(comparison_markdown([summaries[s] for f in names for s in names[f]], [*portfolios, *references]))
     if args.out:
         Path(args.out).write_text(json.dumps({"held_out": choice, "all_families": everywhere}, indent=1) + "\n",
                                   encoding="utf-8")
