@@ -224,3 +224,10 @@ def test_autotune_bench_command(capfd):
     assert code == EXIT_CODES["invalid_config"]
     assert result["error"]["kind"] == "invalid_config" and result["error"]["message"].startswith("colour:")
     assert "invalid config" in err
+
+
+def test_a_broken_install_is_one_crash_result_not_a_traceback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kernels.registry", None)  # importing it now fails
+    code, result, _ = bench(TINY)
+    assert_error(code, result, "crash")
+    assert "kernels.registry" in result["error"]["message"]

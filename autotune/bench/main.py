@@ -147,9 +147,6 @@ class Watchdog:
 def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache=None) -> int:
     """Measure the config in `text`; emit exactly one result on `channel`; return the exit code.
     cache: what a warm worker keeps between measurements (autotune.bench.measure.WarmCache)."""
-    from autotune.bench.measure import measure
-    from kernels.registry import KernelRun, use_run
-
     progress = Progress()
     config = None
     dog = None
@@ -157,6 +154,10 @@ def run_text(text: str, channel: ResultChannel, *, watchdog: bool = False, cache
     # never carries over to the next.
     kernels = None
     try:
+        # torch, the kernels and the schedulers: a broken install is a result line too
+        from autotune.bench.measure import measure
+        from kernels.registry import KernelRun, use_run
+
         config = BenchRequest.from_json(text)
         kernels = KernelRun(params=dict(config.kernel))
         if watchdog:
