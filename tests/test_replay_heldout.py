@@ -108,3 +108,12 @@ def test_the_targets_table_checks_the_gap_to_each_best_and_the_floor():
     assert "parzen 0.63 ± 0.01" in row_a and "kt:pso 0.30 ± 0.01" in row_a
     assert row_a.endswith("| no (-0.130) | yes (+0.200) | yes |")
     assert row_b.endswith("| yes (-0.050) | no (-0.150) | n/a (none reaches 0.4) |")
+
+
+def test_fewer_than_one_job_is_one_error(tmp_path, capsys):
+    out = tmp_path / "part.json"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--family", f"x={SURFACES / 'cpu-tiny-queued-L128.json'}", "--variants", str(tmp_path / "v.json"),
+              "--jobs", "0", "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--jobs must be at least 1, got 0" in capsys.readouterr().err and not out.exists()

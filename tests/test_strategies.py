@@ -207,7 +207,6 @@ def test_the_portfolio_passes_over_a_member_that_is_not_ready():
     assert labels[startup] == "parzen"
 
 
-
 def test_a_lead_that_is_not_ready_leaves_the_trial_to_the_meta_bandit():
     options = {"portfolio": {"warmup": 1, "lead": "parzen"}}
     sampler = make_sampler("portfolio", SPACE, seed=5, options=options)
@@ -215,6 +214,7 @@ def test_a_lead_that_is_not_ready_leaves_the_trial_to_the_meta_bandit():
     labels = [t.user_attrs["strategy"] for t in drive(sampler, SPACE, startup + 3).trials]
     assert "parzen" not in labels[:startup] and len(set(labels[1:startup])) >= 2
     assert labels[startup:] == ["parzen"] * 3  # ready, and the search still improves: the lead proposes
+
 
 def synthetic_history(entries):
     """A stand-in for History: (strategy, value) per finished trial, one config each."""

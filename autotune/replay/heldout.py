@@ -65,7 +65,7 @@ _FORKED_SURFACE: Surface | None = None  # the surface a forked seed worker repla
 
 
 def _seed_pool(surface: Surface, jobs: int):
-    """Processes forked with the surface already in memory (None for jobs <= 1: run in this one)."""
+    """Processes forked with the surface already in memory (None for one job: run in this process)."""
     global _FORKED_SURFACE
     if jobs <= 1:
         return nullcontext()
@@ -201,7 +201,7 @@ def targets_markdown(summaries, families, choice, references: Sequence[str]) -> 
                 gap = ours - mean[best] if best else None
                 verdicts.append("" if gap is None else f"{'yes' if gap >= -TARGET_GAP else 'no'} ({gap:+.3f})")
             top = max(mean.values())
-            floor = "n/a (none reaches {})".format(FLOOR_WHERE) if top < FLOOR_WHERE else ("yes" if ours >= FLOOR else "no")
+            floor = f"n/a (none reaches {FLOOR_WHERE})" if top < FLOOR_WHERE else ("yes" if ours >= FLOOR else "no")
             lines.append(f"| {name} | {family} | " + " | ".join([*cells, *verdicts, floor]) + " |")
     return "\n".join(lines)
 
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--exclude", default="",
                      help="labels to leave out of every part (e.g. a variant measured before a change)")
     args = parser.parse_args(argv)
+    if args.command == "run" and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     _quiet_optuna(torch_threads=False)
     try:
         return replay_families(args) if args.command == "run" else report(args)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autotune.errors import UserError
 from autotune.evaluators.surface import SurfaceDraws
 from autotune.loop import SearchLoop
 from autotune.replay.baseline import budget_for, random_curve
-from autotune.errors import UserError
 from autotune.replay.peers import PeerUnavailable, is_peer, kt_first_visits, kt_strategies, require_kernel_tuner
 from autotune.replay.scoring import REACH_AT
 from autotune.replay.search import ReplaySearch
