@@ -38,6 +38,14 @@ def test_each_family_gets_the_variant_chosen_on_the_others(tmp_path, capsys):
     assert record["held_out"]["x"]["chosen"] == max(means["y"], key=means["y"].get)
     assert record["held_out"]["y"]["chosen"] == max(means["x"], key=means["x"].get)
     assert "Held out: x" in printed and "regression" in printed
+    # the choice says how far the other variant was, paired by seed on the training family
+    held_x = record["held_out"]["x"]
+    other = next(v for v in held_x["paired"] if v != held_x["chosen"])
+    y = parts[b]["summaries"]["cpu-tiny-queued-L512"]["strategies"]
+    paired = [o - c for o, c in zip(y[other]["p_score"]["per_seed"], y[held_x["chosen"]]["p_score"]["per_seed"])]
+    d = held_x["paired"][other]
+    assert d["best"] == held_x["chosen"] and d["diff"] == pytest.approx(sum(paired) / 3) and d["diff"] <= 0
+    assert f"{d['diff']:+.4f} ± {d['se']:.4f}" in printed
     # a label left out of the parts takes no part in the choice and is not printed
     main(["report", str(a), str(b), str(c), "--exclude", "portfolio[bandit-only],regression", "--out", str(choice)])
     printed = capsys.readouterr().out

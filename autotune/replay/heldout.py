@@ -38,6 +38,7 @@ from autotune.replay.loading import load_surface
 from autotune.replay.peers import is_peer
 from autotune.replay.report import attach_paired, comparison_markdown, summarise
 from autotune.replay.runner import Comparison, _quiet_optuna, parse_strategies, replay_run
+from autotune.replay.stats import versus_best
 from autotune.replay.surface import Surface
 
 
@@ -86,13 +87,25 @@ def family_means(summaries: Mapping[str, Mapping[str, Any]], families: Mapping[s
 
 
 def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per family: the variant chosen on the other families and the means it was chosen by."""
+    """Per family: the variant chosen on the other families, the means it was chosen by and
+    each variant's paired difference to the best on those families (autotune.replay.stats)."""
     out = {}
     for family in families:
         train = {v: family_means(summaries, families, v, skip=family) for v in variants}
         chosen = max(train, key=train.get)
-        out[family] = {"chosen": chosen, "training_means": train}
+        paired = versus_best(training_per_seed(summaries, families, variants, skip=family))
+        out[family] = {"chosen": chosen, "training_means": train, "paired": paired}
     return out
+
+
+def training_per_seed(summaries, families, variants: Sequence[str], skip: str) -> dict[str, list[float]]:
+    """Per variant, seed by seed, the mean P-score over the families other than `skip` (each
+    the mean of its surfaces), over the seeds that every surface ran for every variant."""
+    names = [s for family, surfaces in families.items() if family != skip for s in surfaces]
+    seeds = min(len(summaries[s]["strategies"][v]["p_score"]["per_seed"]) for s in names for v in variants)
+    return {v: np.mean([np.mean([summaries[s]["strategies"][v]["p_score"]["per_seed"][:seeds] for s in surfaces], axis=0)
+                        for family, surfaces in families.items() if family != skip], axis=0).tolist()
+            for v in variants}
 
 
 def variant_options(variant: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +174,7 @@ def report(args: argparse.Namespace) -> int:
     choice = held_out_choice(summaries, names, variants)
     for family, c in choice.items():
         print(f"\n### Held out: {family} (the variant chosen on the other families: {c['chosen']})\n")
+        print(_choice_line(c) + "\n")
         order = [c["chosen"], *references]
         print(comparison_markdown([_only(summaries[s], order) for s in names[family]], order))
     print("\n### Against the targets\n")
@@ -204,6 +218,16 @@ def targets_markdown(summaries, families, choice, references: Sequence[str]) -> 
             floor = f"n/a (none reaches {FLOOR_WHERE})" if top < FLOOR_WHERE else ("yes" if ours >= FLOOR else "no")
             lines.append(f"| {name} | {family} | " + " | ".join([*cells, *verdicts, floor]) + " |")
     return "\n".join(lines)
+
+
+def _choice_line(choice: dict[str, Any]) -> str:
+    """How the choice was made: each variant's training mean and, paired by seed, its
+    difference to the best."""
+    means, paired = choice["training_means"], choice["paired"]
+    cells = [f"{v} {means[v]:.3f}" + ("" if p["best"] == v else
+                                      f" ({p['diff']:+.4f} ± {p['se']:.4f}{', a tie' if p['tie'] else ''})")
+             for v, p in paired.items()]
+    return "Training means (paired difference to the best; under 2 standard errors: a tie): " + "; ".join(cells) + "."
 
 
 def _pm(strategy: dict[str, Any]) -> str:
