@@ -28,7 +28,7 @@ from autotune.study_search import Budget, StudySearch
 from autotune.store.recovery import STALE_AFTER_S
 from autotune.store.storage import StorageURL
 from autotune.trials import TrialOutcome
-from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say
+from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say, study_label
 from autotune.verdict import plural
 from autotune.workers import Slot
 
@@ -82,7 +82,7 @@ class ContextTuner:
         self.result.study = study.study_name
         evaluators = [(slot, make_evaluator(self.process, command=self.options.bench_command, env=slot.env()))
                       for slot in self.slots]
-        progress = Progress(self.context, self.options.n_trials, len(session.counted()), deadline)
+        progress = Progress(study_label(self.context, self.spec.workload.batch), self.options.n_trials, len(session.counted()), deadline)
         search = self._search(deadline, progress)
         started = time.monotonic()
         try:

@@ -42,15 +42,20 @@ class ContextResult:
     notes: list[str] = field(default_factory=list)
 
 
-class Progress:
-    """The progress of one context's search: a tqdm bar on a terminal, and one log
-    line per trial everywhere (trial i/N, strategy, config, score, best, ETA)."""
+def study_label(context: int, batch: int) -> str:
+    """'L2048' for a study of batch 1, 'L2048/B16' otherwise: the tail of its study name."""
+    return f"L{context}" + (f"/B{batch}" if batch != 1 else "")
 
-    def __init__(self, context: int, total: int | None, done: int, deadline: float | None):
-        self.context, self.total, self.done, self.deadline = context, total, done, deadline
+
+class Progress:
+    """The progress of one study's search: a tqdm bar on a terminal, and one log line per
+    trial everywhere (the study's label, trial i/N, strategy, config, score, best, ETA)."""
+
+    def __init__(self, label: str, total: int | None, done: int, deadline: float | None):
+        self.label, self.total, self.done, self.deadline = label, total, done, deadline
         self._lock = threading.Lock()  # the search threads of --gpus report here together
         self.started, self.measured = time.monotonic(), 0
-        self.bar = tqdm(total=total, initial=min(done, total) if total else done, desc=f"L{context}",
+        self.bar = tqdm(total=total, initial=min(done, total) if total else done, desc=label,
                         unit="trial", file=sys.stderr, dynamic_ncols=True, disable=None)
 
     def eta(self) -> float | None:
@@ -85,7 +90,7 @@ class Progress:
         eta_text = fmt_time(eta) if eta is not None else "?"
         count = f"{self.done}/{self.total}" if self.total else f"{self.done}"
         where = f" on {where}" if where else ""
-        say(f"L{self.context} trial {count} (#{trial.number}){where} [{strategy}] {fmt_config(params)}: {detail}; "
+        say(f"{self.label} trial {count} (#{trial.number}){where} [{strategy}] {fmt_config(params)}: {detail}; "
              f"best {best_text}; {trial.user_attrs.get('wall_s', 0):.1f} s; ETA {eta_text}")
         self.bar.set_postfix_str(f"{strategy} last={last} best={best_text}")
 

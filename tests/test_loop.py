@@ -58,7 +58,7 @@ def _surface(session, fail=lambda config: None) -> SurfaceEvaluator:
 
 def _run(session, evaluators, n_trials):
     slots = [(Slot(i), e) for i, e in enumerate(evaluators)] if len(evaluators) > 1 else [(Slot(), evaluators[0])]
-    progress = Progress(64, n_trials, len(session.counted()), None)
+    progress = Progress("L64", n_trials, len(session.counted()), None)
     search = StudySearch(session, budget=Budget(n_trials, None), device="cpu", process="surface", progress=progress)
     try:
         SearchLoop(search, slots, stop=NoStop(), tick_s=30.0).run()
