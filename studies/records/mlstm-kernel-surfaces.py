@@ -10,12 +10,12 @@ sub-chunk, then timed alone: 7 samples, each the mean over enough back-to-back l
 to fill about a millisecond, timed with CUDA events. The objective is the kernel's time
 in ms over the whole window (shape 7b: 8 heads, DK 256, DV 512; batch 1, 8192 steps).
 
-  python studies/records/mlstm-kernel-surfaces.py measure --out DIR [--jobs N] [--deadline S]
+  python studies/records/mlstm-kernel-surfaces.py measure --out DIR [--kernels K,K] [--jobs N] [--deadline S]
   python studies/records/mlstm-kernel-surfaces.py build DIR --out-dir studies/surfaces
 
 `measure` appends one JSON line per config to DIR/compile.jsonl and DIR/runs.jsonl and
 skips configs already there, so the same command continues after a stop; `build` turns
-the journals into one surface file per kernel.
+the journals into one surface file per kernel measured.
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ def measure(args) -> int:
                                                    "torch": torch.__version__, "triton": triton.__version__,
                                                    "cuda": torch.version.cuda}) + "\n")
     done = _journal(compiled_path)
-    todo = [(kn, c) for kn in KERNELS for c in configs() if key_of(kn, c) not in done]
+    kernels = [k for k in KERNELS if k in args.kernels.split(",")]
+    todo = [(kn, c) for kn in kernels for c in configs() if key_of(kn, c) not in done]
     print(f"compile: {len(done)} journalled, {len(todo)} to go, {args.jobs} processes", flush=True)
     if todo:
         with mp.get_context("spawn").Pool(args.jobs, initializer=_worker_init, maxtasksperchild=64) as pool:
@@ -234,7 +235,7 @@ def measure(args) -> int:
     runs = _journal(runs_path)
     print(f"time: {len(runs)} journalled; GPU {torch.cuda.get_device_name()}", flush=True)
     for C in KNOBS["sub_chunk"]:
-        pending = [(kn, c) for kn in KERNELS for c in configs() if c["sub_chunk"] == C
+        pending = [(kn, c) for kn in kernels for c in configs() if c["sub_chunk"] == C
                    and done.get(key_of(kn, c), {}).get("ok") and key_of(kn, c) not in runs]
         if not pending:
             continue
@@ -262,7 +263,7 @@ def build(args) -> int:
     src = Path(args.dir)
     compiled, runs = _journal(src / "compile.jsonl"), _journal(src / "runs.jsonl")
     meta = json.loads((src / "machine.json").read_text()) if (src / "machine.json").exists() else {}
-    for kernel in KERNELS:
+    for kernel in [k for k in KERNELS if any(row["kernel"] == k for row in compiled.values())]:
         entries = []
         for config in configs():
             key = key_of(kernel, config)
@@ -291,6 +292,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("measure")
     m.add_argument("--out", required=True)
+    m.add_argument("--kernels", default=",".join(KERNELS), help="which kernels (default: both)")
     m.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     m.add_argument("--deadline", type=float, default=560.0, help="seconds from start to stop cleanly")
     m.add_argument("--bench-reserve", type=float, default=150.0, help="seconds kept for timing")
