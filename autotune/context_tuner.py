@@ -25,10 +25,11 @@ from autotune.session import StudySession
 from autotune.spec import StudySpec
 from autotune.stop_control import StopControl
 from autotune.study_search import Budget, StudySearch
+from autotune.store.layout import study_tail
 from autotune.store.recovery import STALE_AFTER_S
 from autotune.store.storage import StorageURL
 from autotune.trials import TrialOutcome
-from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say, study_label
+from autotune.tune_output import ContextResult, Progress, fmt_config, fmt_time, say
 from autotune.verdict import plural
 from autotune.workers import Slot
 
@@ -82,7 +83,8 @@ class ContextTuner:
         self.result.study = study.study_name
         evaluators = [(slot, make_evaluator(self.process, command=self.options.bench_command, env=slot.env()))
                       for slot in self.slots]
-        progress = Progress(study_label(self.context, self.spec.workload.batch), self.options.n_trials, len(session.counted()), deadline)
+        label = study_tail(self.context, self.spec.workload.batch)
+        progress = Progress(label, self.options.n_trials, len(session.counted()), deadline)
         search = self._search(deadline, progress)
         started = time.monotonic()
         try:

@@ -42,14 +42,9 @@ class ContextResult:
     notes: list[str] = field(default_factory=list)
 
 
-def study_label(context: int, batch: int) -> str:
-    """'L2048' for a study of batch 1, 'L2048/B16' otherwise: the tail of its study name."""
-    return f"L{context}" + (f"/B{batch}" if batch != 1 else "")
-
-
 class Progress:
     """The progress of one study's search: a tqdm bar on a terminal, and one log line per
-    trial everywhere (the study's label, trial i/N, strategy, config, score, best, ETA)."""
+    trial everywhere (the study's label, autotune.store.layout.study_tail; trial i/N, strategy, config, score, best, ETA)."""
 
     def __init__(self, label: str, total: int | None, done: int, deadline: float | None):
         self.label, self.total, self.done, self.deadline = label, total, done, deadline

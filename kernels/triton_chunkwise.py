@@ -133,6 +133,9 @@ def _chunk_outputs_kernel(q_ptr, k_ptr, v_ptr, flog_ptr, i_ptr, b_ptr, mstart_pt
 
 
 _HALF = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+TILE_CAP = 64  # largest DK and DV tile of both kernels
+STATES_WARPS = 4  # warps of the boundary-state kernel
+STAGES = 2  # software-pipelining stages of both kernels
 # Warps of the output kernel: the run's output_warps (kernels.registry). Its (sub-chunk x
 # sub-chunk) tiles fill the registers: at sub-chunk 128, 8 warps use 255 registers a
 # thread and spill; 16 warps use 128.
@@ -149,10 +152,10 @@ def chunk_states(k_m, v_m, w, g, slots) -> None:
     K, B, NH, C, DK = k_m.shape
     DV = v_m.shape[-1]
     DVA = slots.shape[-1]
-    bdk, bv = _tile(DK, 64), _tile(DV, 64)
+    bdk, bv = _tile(DK, TILE_CAP), _tile(DV, TILE_CAP)
     grid = (B * NH, triton.cdiv(DK, bdk), triton.cdiv(DV, bv))
     _chunk_states_kernel[grid](k_m, v_m, w, g, slots, K, B * NH, DK, DV, DVA,
-                               C=C, BDK=bdk, BV=bv, HALF=_HALF[k_m.dtype], num_warps=4, num_stages=2)
+                               C=C, BDK=bdk, BV=bv, HALF=_HALF[k_m.dtype], num_warps=STATES_WARPS, num_stages=STAGES)
 
 
 def chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h, eps: float) -> None:
@@ -160,11 +163,11 @@ def chunk_outputs(q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h, eps: float) -
     K, B, NH, C, DK = q_m.shape
     DV = v_m.shape[-1]
     DVA = slots.shape[-1]
-    bdk, bv = _tile(DK, 64), _tile(DV, 64)
+    bdk, bv = _tile(DK, TILE_CAP), _tile(DV, TILE_CAP)
     grid = (K * B * NH, triton.cdiv(DV, bv))
     _chunk_outputs_kernel[grid](q_m, k_m, v_m, f_log, i_m, b, m_start, slots, h, B * NH, NH, DK, DV, DVA,
                                 h.stride(0), h.stride(1), h.stride(2), DK**-0.5, eps,
-                                C=C, BDK=bdk, BV=bv, HALF=_HALF[q_m.dtype], num_warps=current_run().param("output_warps"), num_stages=2)
+                                C=C, BDK=bdk, BV=bv, HALF=_HALF[q_m.dtype], num_warps=current_run().param("output_warps"), num_stages=STAGES)
 
 
 def usable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sub_chunk: int) -> bool:

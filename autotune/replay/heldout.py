@@ -101,11 +101,14 @@ def held_out_choice(summaries, families, variants: Sequence[str]) -> dict[str, d
 def training_per_seed(summaries, families, variants: Sequence[str], skip: str) -> dict[str, list[float]]:
     """Per variant, seed by seed, the mean P-score over the families other than `skip` (each
     the mean of its surfaces), over the seeds that every surface ran for every variant."""
-    names = [s for family, surfaces in families.items() if family != skip for s in surfaces]
-    seeds = min(len(summaries[s]["strategies"][v]["p_score"]["per_seed"]) for s in names for v in variants)
-    return {v: np.mean([np.mean([summaries[s]["strategies"][v]["p_score"]["per_seed"][:seeds] for s in surfaces], axis=0)
-                        for family, surfaces in families.items() if family != skip], axis=0).tolist()
-            for v in variants}
+    train = {family: surfaces for family, surfaces in families.items() if family != skip}
+    per_seed = lambda s, v: summaries[s]["strategies"][v]["p_score"]["per_seed"]  # noqa: E731
+    seeds = min(len(per_seed(s, v)) for surfaces in train.values() for s in surfaces for v in variants)
+    out = {}
+    for v in variants:
+        by_family = [np.mean([per_seed(s, v)[:seeds] for s in surfaces], axis=0) for surfaces in train.values()]
+        out[v] = np.mean(by_family, axis=0).tolist()
+    return out
 
 
 def variant_options(variant: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +151,7 @@ def report(args: argparse.Namespace) -> int:
     """`report`: merge the parts, choose a variant per held-out family, print the tables."""
     parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.parts]
     excluded = {label for label in args.exclude.split(",") if label}
-    for part in parts if excluded else ():
+    for part in parts if excluded else ():  # nothing excluded: the parts' verdicts stand
         part["runs"] = [r for r in part["runs"] if r not in excluded]
         for summary in part["summaries"].values():
             summary["strategies"] = {k: v for k, v in summary["strategies"].items() if k not in excluded}

@@ -55,8 +55,12 @@ def study_name(shape: str, device_kind: str, backends: tuple[str, ...] | list[st
                batch: int = 1) -> str:
     """`shape/device/backends/L<context>`, with `/B<batch>` for batches above 1 (so the
     studies of batch 1 keep the names they had before batch was a dimension)."""
-    name = f"{shape}/{device_kind}/{'+'.join(backends)}/L{context}"
-    return name if batch == 1 else f"{name}/B{batch}"
+    return f"{shape}/{device_kind}/{'+'.join(backends)}/{study_tail(context, batch)}"
+
+
+def study_tail(context: int, batch: int = 1) -> str:
+    """The part of a study's name after its backends: 'L2048', or 'L2048/B16' for batch 16."""
+    return f"L{context}" if batch == 1 else f"L{context}/B{batch}"
 
 
 def family(names: list[str], base: str) -> list[str]:

@@ -34,8 +34,6 @@ from pathlib import Path
 KNOBS = {"sub_chunk": [16, 32, 64, 128], "block_dk": [16, 32, 64, 128], "block_dv": [16, 32, 64, 128],
          "num_warps": [2, 4, 8, 16], "num_stages": [1, 2, 3, 4]}
 KERNELS = ("chunk_outputs", "chunk_states")
-SHIPPED = {"chunk_states": {"block_dk": 64, "block_dv": 64, "num_warps": 4, "num_stages": 2},
-           "chunk_outputs": {"block_dk": 64, "block_dv": 64, "num_warps": 8, "num_stages": 2}}
 B, NH, S, DK, DV = 1, 8, 8192, 256, 512
 SAMPLES = 7
 SAMPLE_MS = 1.0
@@ -59,6 +57,21 @@ def _ints(kernel: str, C: int):
     if kernel == "chunk_states":
         return dict(K=K, BNH=B * NH, DK=DK, DV=DV, DVA=dva)
     return dict(BNH=B * NH, NH=NH, DK=DK, DV=DV, DVA=dva, s_hb=NH * S * DV, s_hh=S * DV, s_ht=DV)
+
+
+def shipped(kernel: str, C: int) -> dict:
+    """The config the kernels run today at sub-chunk C (kernels.triton_chunkwise, and the
+    registry's default output_warps)."""
+    from kernels import triton_chunkwise as tc
+    from kernels.registry import DEFAULT_OUTPUT_WARPS
+    warps = tc.STATES_WARPS if kernel == "chunk_states" else DEFAULT_OUTPUT_WARPS
+    return {"sub_chunk": C, "block_dk": tc._tile(DK, tc.TILE_CAP), "block_dv": tc._tile(DV, tc.TILE_CAP),
+            "num_warps": warps, "num_stages": tc.STAGES}
+
+
+def _error(exc: Exception) -> str:
+    text = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
 
 
 def _launch(kernel: str, config: dict, tensors, warmup: bool = False):
@@ -110,7 +123,7 @@ def compile_one(task):
         compiled._init_handles()  # loads it: fails where it needs more than the GPU has
         row.update(ok=True, n_regs=compiled.n_regs, n_spills=compiled.n_spills, shared=compiled.metadata.shared)
     except Exception as exc:  # noqa: BLE001 - every failure is a data point
-        row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        row.update(ok=False, error=_error(exc))
     finally:
         signal.alarm(0)
     row["compile_s"] = round(time.perf_counter() - start, 3)
@@ -158,7 +171,7 @@ def _inputs(C: int):
              h=torch.empty(B, NH, S, DV, dtype=torch.bfloat16, device="cuda"))
     ref = {}
     for kernel in KERNELS[::-1]:  # the states first: the outputs read them
-        _launch(kernel, {"sub_chunk": C, **SHIPPED[kernel]}, t)
+        _launch(kernel, shipped(kernel, C), t)
         ref[kernel] = (t["slots"] if kernel == "chunk_states" else t["h"]).clone()
     return t, ref
 
@@ -203,7 +216,7 @@ def time_one(kernel: str, config: dict, t, ref) -> dict:
         row.update(ok=True, samples=samples, reps=reps)
     except Exception as exc:  # noqa: BLE001
         torch.cuda.synchronize()
-        row.update(ok=False, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+        row.update(ok=False, error=_error(exc))
     return row
 
 
